@@ -1,0 +1,46 @@
+"""``python -m compile model=<name> target=<name> [quant=...] [tuning=...]``: the main job."""
+
+from __future__ import annotations
+
+from .cli import main, relative
+from .config import CompileJob
+from .job import CompileResult, run_compile
+
+
+def summary(result: CompileResult) -> str:
+    """Format the job's outcome for the terminal."""
+    m, v = result.metrics, result.verification
+    lines = [
+        f"model      {result.model}",
+        f"target     {result.target}  {result.target_dict}",
+        f"kernels    {result.kernels_before_fusion} before fusion -> "
+        f"{result.kernels_after_fusion} after",
+        f"tuning     {result.tuning.get('tasks_tuned', 0)}/{result.tuning.get('tasks_total', 0)} "
+        f"tasks with tuned schedules (database {result.tuning.get('database_sha256', 'untuned')})",
+        f"time       import {m.get('import_s', 0):.1f} s, passes {m.get('passes_s', 0):.1f} s, "
+        f"compile {m.get('compile_s', 0):.1f} s, export {m.get('export_s', 0):.1f} s",
+    ]
+    if v["status"] == "skipped":
+        lines.append(f"verify     skipped: {v['reason']}")
+    else:
+        lines.append(f"verify     {v['status']} vs {v['reference']}: max abs err "
+                     f"{v['max_abs_err']:.3g}, max rel err {v['max_rel_err']:.3g}")
+        lines.append(f"input      {v['input']}")
+        answer = v["answer"]
+        lines.append(f"answer     {answer['ours']} (ONNX Runtime: {answer['reference']})")
+        if "latency" in v:
+            tvm, ort = v["latency"]["tvm"], v["latency"]["onnxruntime"]
+            lines.append(f"latency    p50 {tvm['p50_ms']:.2f} ms (TVM runner) vs "
+                         f"{ort['p50_ms']:.2f} ms (ONNX Runtime), {v['latency']['threads']} "
+                         f"threads: ratio {tvm['p50_ms'] / ort['p50_ms']:.2f}x")
+    lines.append(f"artifact   {relative(result.artifact_dir)}")
+    for warning in result.warnings:
+        lines.append(f"warning    {warning}")
+    if result.run_id:
+        lines.append(f"mlflow     run {result.run_id}; UI: make ui  (then http://127.0.0.1:5000)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main("compile", CompileJob, "compile", run_compile, summary,
+         lambda job: f"{job.model.name}/{job.target.name}")

@@ -1,0 +1,30 @@
+"""Every TVM import that moved between releases, in one place (TVM 0.27 spellings).
+
+The rest of the project imports these names from here, so a TVM upgrade touches one file.
+See ../shared/TVM_0_27.md for the renames (``tvm.meta_schedule`` → ``tvm.s_tir.meta_schedule``,
+``tvm.tir`` → ``tvm.tirx``, ``tvm.contrib.cc`` → ``tvm.support.cc``, ...).
+"""
+
+# ruff: noqa: F401
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map as onnx_convert_map
+from tvm.s_tir import dlight
+from tvm.s_tir import meta_schedule as ms
+from tvm.support import cc, nvcc
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_cpu_features, llvm_get_system_cpu, llvm_is_valid_cpu
+from tvm.tirx import PrimFunc
+
+structural_hash = tvm_ffi.structural_hash
+register_global_func = tvm_ffi.register_global_func
+get_global_func = tvm_ffi.get_global_func
+
+TVM_VERSION = tvm.__version__
+TVM_FFI_VERSION = tvm_ffi.__version__
+
+# Relax types: 0.27 calls struct info "ty" (var.ty, func.ret_ty) with these classes.
+TensorType = relax.TensorType
+TupleType = relax.TupleType

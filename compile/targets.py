@@ -1,0 +1,118 @@
+"""Targets: a TargetConfig resolved into a TVM ``Target`` for this build, and toolchain checks."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from typing import Any
+
+from runner.model import host_arch
+
+from . import _tvm
+from .config import TargetConfig, TargetKind, host_threads
+from .errors import ToolchainError
+
+#: The CUDA toolkit's compiler; Debian/NVIDIA package that provides it.
+NVCC = "nvcc"
+NVCC_PACKAGE = "nvidia-cuda-toolkit (Debian) or NVIDIA's cuda-nvcc"
+
+
+def host_cpu() -> str:
+    """Return LLVM's name for this machine's CPU (e.g. ``znver3``)."""
+    return str(_tvm.llvm_get_system_cpu())
+
+
+def target_dict(cfg: TargetConfig) -> dict[str, Any]:
+    """Return the TVM target dict of a target config, with ``host`` values resolved.
+
+    ``mcpu: host`` becomes this machine's CPU as LLVM names it, ``num_cores: null`` its number
+    of usable cores (llvm targets without ``mtriple`` are this machine).
+    """
+    if cfg.kind == TargetKind.cuda:
+        spec: dict[str, Any] = {"kind": "cuda", "arch": cfg.arch}
+        if cfg.max_threads_per_block:
+            spec["max_threads_per_block"] = cfg.max_threads_per_block
+        if cfg.max_shared_memory_per_block:
+            spec["max_shared_memory_per_block"] = cfg.max_shared_memory_per_block
+        return spec
+    spec = {"kind": "llvm"}
+    if cfg.mtriple:
+        spec["mtriple"] = cfg.mtriple
+    if cfg.mcpu:
+        spec["mcpu"] = host_cpu() if cfg.mcpu == "host" else cfg.mcpu
+    if cfg.mattr:
+        spec["mattr"] = list(cfg.mattr)
+    spec["num-cores"] = cfg.num_cores if cfg.num_cores is not None else host_threads()
+    return spec
+
+
+def resolve_target(cfg: TargetConfig) -> _tvm.Target:
+    """Return the TVM target for a config (CUDA targets get a generic llvm host).
+
+    Raises
+    ------
+    ToolchainError
+        If LLVM does not know the mcpu, or TVM rejects the target dict.
+    """
+    spec = target_dict(cfg)
+    if "mcpu" in spec and not _tvm.llvm_is_valid_cpu(spec["mcpu"], spec.get("mtriple", "")):
+        # LLVM would only log this and build for a generic CPU.
+        raise ToolchainError(f"target {cfg.name}: LLVM does not know mcpu={spec['mcpu']!r} "
+                             f"for {spec.get('mtriple', 'this machine')}; fix target.mcpu")
+    try:
+        if cfg.kind == TargetKind.cuda:
+            return _tvm.Target(spec, host={"kind": "llvm"})
+        return _tvm.Target(spec)
+    except Exception as err:  # TVM raises ValueError/TVMError for bad target dicts
+        raise ToolchainError(f"TVM rejects target {cfg.name} {spec}: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+
+
+def exported_target(target: _tvm.Target) -> dict[str, Any]:
+    """Return a target as JSON data (TVM's ``Target.export()``, tuples as lists)."""
+
+    def plain(value):
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if hasattr(value, "items"):  # dict, tvm_ffi Map
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, Iterable):  # tuple, tvm_ffi Array
+            return [plain(v) for v in value]
+        return str(value)
+
+    return plain(dict(target.export()))
+
+
+def library_arch(cfg: TargetConfig) -> str:
+    """Return the CPU architecture the exported library runs on (``x86_64``, ``aarch64``)."""
+    if cfg.kind == TargetKind.llvm and cfg.mtriple:
+        return cfg.mtriple.split("-")[0]
+    return host_arch()
+
+
+def host_runnable(cfg: TargetConfig) -> bool:
+    """Return whether an artifact for this target can run on this machine."""
+    if library_arch(cfg) != host_arch():
+        return False
+    if cfg.kind == TargetKind.cuda:
+        import tvm
+
+        return bool(tvm.cuda(0).exist)
+    return True
+
+
+def check_toolchain(cfg: TargetConfig) -> None:
+    """Fail early, before any work, when a compiler the target needs is missing.
+
+    Raises
+    ------
+    ToolchainError
+        Naming the missing program and the package that provides it.
+    """
+    if cfg.cross_compiler and shutil.which(cfg.cross_compiler) is None:
+        package = cfg.cross_compiler_package or "your distribution's cross toolchain"
+        raise ToolchainError(f"target {cfg.name} needs the cross compiler {cfg.cross_compiler}, "
+                             f"not found on PATH; install it with: apt-get install {package}")
+    if cfg.kind == TargetKind.cuda and shutil.which(NVCC) is None:
+        raise ToolchainError(f"target {cfg.name} needs nvcc (CUDA toolkit) on PATH to compile "
+                             f"device code; install {NVCC_PACKAGE}")

@@ -1,0 +1,84 @@
+"""Cross and GPU targets: artifacts built here (no device needed) and checked for their arch."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from compile.job import run_compile
+from runner import ArtifactError
+from runner.manifest import elf_machine, read_manifest
+
+needs_cross_gcc = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                                     reason="gcc-aarch64-linux-gnu not installed "
+                                            "(make test installs it as root)")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+
+
+@needs_cross_gcc
+def test_aarch64_artifact_is_an_aarch64_shared_object(tiny_dir, job_for):
+    result = run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target=aarch64"))
+    library = result.artifact_dir / "model.so"
+    assert elf_machine(library) == "aarch64"
+    manifest = read_manifest(result.artifact_dir)
+    assert manifest["library"]["arch"] == "aarch64"
+    assert manifest["target"]["mtriple"] == "aarch64-linux-gnu"
+    assert manifest["verification"]["status"] == "skipped"
+    import runner
+
+    with pytest.raises(ArtifactError, match="built for aarch64"):
+        runner.load(result.artifact_dir)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("target, arch", [("cuda_sm80", "sm_80"), ("cuda_sm90", "sm_90")])
+def test_cuda_artifact_holds_device_code_for_its_arch(tiny_dir, job_for, target, arch):
+    from compile import cuda
+
+    result = run_compile(job_for(tiny_dir / "matmul_gelu_layernorm.onnx", f"target={target}"))
+    manifest = read_manifest(result.artifact_dir)
+    assert manifest["device"] == "cuda"
+    code = manifest["library"]["device_code"]
+    assert code["format"] == "fatbin" and arch in code["sass"]
+    assert code["ptx"] == [arch.replace("sm_", "compute_")]
+    # The exported file itself holds the fatbin, not CUDA source to compile at load time.
+    import tvm
+
+    cuda.ensure_cuda_runtime(job_for(tiny_dir / "x.onnx").paths.cache_dir)
+    loaded = cuda.device_code(tvm.runtime.load_module(str(result.artifact_dir / "model.so")))
+    assert [m["format"] for m in loaded] == ["fatbin"] and arch in loaded[0]["sass"]
+
+
+@needs_nvcc
+def test_cuda_build_without_gpu_schedules_is_refused():
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from compile import cuda
+    from compile.errors import BuildError
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.add(x, relax.const(np.ones((4, 8), "float32")))))
+        bb.emit_func_output(out)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
+    with target:
+        mod = relax.get_pipeline("zero")(bb.get())
+    # The CPU build pipeline on a CUDA target: TVM builds it and no kernel is on the GPU.
+    executable = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default_build"))
+    with pytest.raises(BuildError, match="no CUDA device module"):
+        cuda.check_device_code(executable.mod, "sm_80")
+
+
+@pytest.mark.gpu
+def test_cuda_artifact_runs_on_gpu(tiny_dir, job_for):
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        pytest.skip("no CUDA GPU on this machine")
+    result = run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target=cuda_sm80"))
+    assert result.verification["status"] == "passed"
