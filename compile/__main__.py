@@ -15,8 +15,9 @@ def summary(result: CompileResult) -> str:
         f"target     {result.target}  {result.target_dict}",
         f"kernels    {result.kernels_before_fusion} before fusion -> "
         f"{result.kernels_after_fusion} after",
-        f"tuning     {result.tuning.get('tasks_tuned', 0)}/{result.tuning.get('tasks_total', 0)} "
-        f"tasks with tuned schedules (database {result.tuning.get('database_sha256', 'untuned')})",
+        f"tuning     {result.tuning['tasks_tuned']}/{result.tuning['tasks_total']} kernels with "
+        f"tuned schedules (database {result.tuning['database'] or 'none'}, "
+        f"sha256 {result.tuning['database_sha256'][:12]})",
         f"time       import {m.get('import_s', 0):.1f} s, passes {m.get('passes_s', 0):.1f} s, "
         f"compile {m.get('compile_s', 0):.1f} s, export {m.get('export_s', 0):.1f} s",
     ]

@@ -28,3 +28,34 @@ TVM_FFI_VERSION = tvm_ffi.__version__
 # Relax types: 0.27 calls struct info "ty" (var.ty, func.ret_ty) with these classes.
 TensorType = relax.TensorType
 TupleType = relax.TupleType
+
+from tvm.ir.utils import derived_object  # Python subclasses of MetaSchedule's Py* classes
+from tvm.s_tir.analysis import estimate_tir_flops
+
+#: Tensor-intrinsic modules per target family (tvm.s_tir.tensor_intrin.<module>).
+_INTRINSICS = {"x86_64": "x86", "aarch64": "arm_cpu", "cuda": "cuda"}
+
+
+def register_tensor_intrinsics(family: str) -> None:
+    """Register the tensor intrinsics of one target family only.
+
+    MetaSchedule's ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose ``__init__``
+    registers every backend's intrinsics by parsing TVMScript (26-58 s on 2 cores, 20-42 s of it
+    CUDA's). With the package already in ``sys.modules`` (created from its spec without running
+    ``__init__``), that import is free, and only ``family``'s module registers its intrinsics.
+
+    Parameters
+    ----------
+    family : {"x86_64", "aarch64", "cuda"}
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        sys.modules["tvm.s_tir"].tensor_intrin = module
+    importlib.import_module(f"{package}.{_INTRINSICS[family]}")

@@ -185,7 +185,10 @@ class TuningConfig:
     seed: int = 0
     builder_workers: int | None = None  # parallel candidate builds; null = CPU count
     runner_workers: int = 1  # parallel measurements (1 keeps timings clean)
-    min_weight: float = 0.0  # skip tasks below this share of the model's FLOPs
+    min_weight: float = 0.0  # skip tuned tasks below this share of the model's FLOPs
+    patience: int = 64  # a task converged after this many trials without a 1 % gain
+    keep_per_workload: int = 1  # records kept per workload after a run (0: keep all)
+    timeout_s: float = 30.0  # per-candidate measurement timeout
     database: str | None = None  # null: tune_logs/<model>/<target>
     apply: bool = True  # the compile job applies a matching database
 
@@ -201,6 +204,9 @@ class TuningConfig:
             raise ConfigError(f"tuning.max_time_min must be > 0 or null, got {self.max_time_min}")
         if self.runner_workers < 1 or (self.builder_workers is not None and self.builder_workers < 1):
             raise ConfigError("tuning.runner_workers and tuning.builder_workers must be >= 1")
+        if self.patience < 1 or self.keep_per_workload < 0 or self.timeout_s <= 0:
+            raise ConfigError("tuning.patience must be >= 1, tuning.keep_per_workload >= 0 and "
+                              "tuning.timeout_s > 0")
         if not 0.0 <= self.min_weight < 1.0:
             raise ConfigError(f"tuning.min_weight must be in [0, 1), got {self.min_weight}")
 
@@ -237,6 +243,7 @@ class VerifyConfig:
 
     enabled: bool = True
     bench_runs: int = 20  # timed runner runs for latency_ms_p50 (0 to skip)
+    bench_max_s: float = 20.0  # fewer runs (at least 3) when they would take longer than this
     warmup: int = 3
 
     def __post_init__(self) -> None:
@@ -263,6 +270,41 @@ class CompileJob:
             raise ConfigError(f"threads must be >= 1 or null, got {self.threads}")
 
 
+class Baseline(Enum):
+    """Engines the benchmark job compares the compiled artifact with."""
+
+    onnxruntime = "onnxruntime"  # CPU execution provider, all graph optimizations
+    openvino = "openvino"  # CPU plugin, inference precision f32 (optional 'baselines' extra)
+    untuned = "untuned"  # the same model built by TVM without a tuning database
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings: same input, same threads, after warm-up, one process."""
+
+    runs: int = 100  # timed runs per engine and thread count (fewer if over max_s)
+    warmup: int = 10
+    max_s: float = 30.0  # per engine and thread count: cap on timed wall time
+    threads: list[int] = field(default_factory=list)  # empty: [1, this machine's cores]
+    baselines: list[Baseline] = field(default_factory=lambda: [Baseline.onnxruntime,
+                                                               Baseline.openvino,
+                                                               Baseline.untuned])
+    recompile: bool = False  # rebuild the artifact even when a matching one exists
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.max_s <= 0:
+            raise ConfigError("bench.runs must be >= 1, bench.warmup >= 0 and bench.max_s > 0")
+        if any(t < 1 for t in self.threads):
+            raise ConfigError(f"bench.threads must be positive, got {self.threads}")
+
+
+@dataclass
+class BenchJob(CompileJob):
+    """``python -m compile.bench``: the compiled artifact against its peers, one run."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
 def host_threads() -> int:
     """Return the number of CPUs this process may run on."""
     try:
@@ -275,6 +317,7 @@ def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (the YAML files list them as defaults)."""
     store = ConfigStore.instance()
     store.store(name="compile_schema", node=CompileJob)
+    store.store(name="bench_schema", node=BenchJob)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="target", name="target_schema", node=TargetConfig)
     store.store(group="tuning", name="tuning_schema", node=TuningConfig)

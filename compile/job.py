@@ -16,22 +16,14 @@ import runner
 from runner.model import host_arch
 
 from . import build as build_stage
-from . import pipeline as pipeline_stage
 from .artifact import StagedArtifact, build_manifest, package_version, write_json_atomic
 from .config import CompileJob, host_threads
 from .errors import VerificationError
-from .importer import import_model
-from .samples import answers_agree, make_sample
-from .targets import (
-    check_toolchain,
-    exported_target,
-    host_runnable,
-    library_arch,
-    resolve_target,
-)
+from .prepare import database_folder, find_database, prepare_model, tuning_section
+from .samples import answers_agree
+from .targets import check_toolchain, host_runnable, library_arch
 from .tracking import Tracker
 from .verify import compare_outputs, ort_session, reference_outputs
-from .zoo import fetch_model
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +68,12 @@ def _verify(job: CompileJob, stage: Path, imported, sample, threads: int) -> dic
         "answer": answer,
     }
     if job.verify.bench_runs > 0:
-        ours_lat = model.benchmark(job.verify.bench_runs, job.verify.warmup, sample.inputs)
-        ort_lat = runner.time_callable(lambda: session.run(None, sample.inputs),
-                                       job.verify.bench_runs, job.verify.warmup)
+        # Bounded time: slow (untuned) models get fewer runs, at least 3.
+        once = runner.time_callable(lambda: model.run(sample.inputs), runs=1, warmup=0)
+        runs = max(3, min(job.verify.bench_runs, int(job.verify.bench_max_s * 1e3 / once.p50_ms)))
+        ours_lat = model.benchmark(runs, job.verify.warmup, sample.inputs)
+        ort_lat = runner.time_callable(lambda: session.run(None, sample.inputs), runs,
+                                       job.verify.warmup)
         result["latency"] = {"tvm": ours_lat.as_dict(), "onnxruntime": ort_lat.as_dict(),
                              "threads": threads}
     return result
@@ -109,43 +104,34 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
     threads = job.threads or host_threads()
     cfg_t, cfg_m = job.target, job.model
     check_toolchain(cfg_t)  # before any work: a missing cross compiler fails in a second
-    target = resolve_target(cfg_t)
-    target_json = exported_target(target)
-    metrics: dict[str, float] = {}
+    prepared = prepare_model(cfg_m, cfg_t, job.quant.scheme, job.paths, job.dump_ir)
+    imported, metrics = prepared.imported, dict(prepared.metrics)
+    before, after = prepared.kernels["legalize"], prepared.kernels["fuse"]
 
-    start = time.perf_counter()
-    onnx_path = fetch_model(cfg_m, job.paths.cache_dir)
-    metrics["fetch_s"] = time.perf_counter() - start
-    imported = import_model(onnx_path, cfg_m)
-    metrics["import_s"] = imported.import_s
-    sample = make_sample(cfg_m, imported.inputs)
-
-    pipeline = pipeline_stage.preparation_pipeline(cfg_t, job.quant.scheme, job.dump_ir)
-    start = time.perf_counter()
-    prepared, kernels = pipeline.run(imported.mod, target)
-    before, after = kernels["legalize"], kernels["fuse"]
-    metrics.update(passes_s=time.perf_counter() - start, kernels_before_fusion=before,
-                   kernels_after_fusion=after)
-    log.info("%s: %d kernels before fusion, %d after", cfg_m.name, before, after)
-
-    tuning: dict[str, Any] = {"database_sha256": "untuned", "tasks_total": after,
-                              "tasks_tuned": 0}
     warnings: list[str] = []
-    if cfg_t.device == "cpu":
-        warnings.append("compiled untuned: expect ONNX Runtime to be faster on CPU "
-                        "(tune with python -m compile.tune)")
+    applied = None
+    if job.tuning.apply:
+        folder = database_folder(job.paths, str(cfg_m.name), cfg_t.name, job.tuning.database)
+        applied, warnings = find_database(prepared, folder, explicit=bool(job.tuning.database))
+    mod = applied.mod if applied else prepared.mod
+    tuning = tuning_section(applied, after, Path(job.paths.root))
+    if cfg_t.device == "cpu" and tuning["tasks_tuned"] < tuning["tasks_total"]:
+        warnings.append(f"{tuning['tasks_total'] - tuning['tasks_tuned']} of "
+                        f"{tuning['tasks_total']} kernels have no tuned schedule: expect ONNX "
+                        "Runtime to be faster on CPU (tune with python -m compile.tune)")
 
-    built = build_stage.build(prepared, cfg_t, target, job.paths.cache_dir)
+    built = build_stage.build(mod, cfg_t, prepared.target, job.paths.cache_dir)
     metrics["compile_s"] = built.compile_s
     final_dir = Path(job.paths.artifacts_dir) / str(cfg_m.name) / cfg_t.name
     with StagedArtifact(final_dir) as stage:
         start = time.perf_counter()
         build_stage.export(built.executable, stage.library, cfg_t)
         metrics["export_s"] = time.perf_counter() - start
+        pipeline = prepared.pipeline
         manifest_args = dict(
             model_name=str(cfg_m.name), onnx_path=imported.onnx_path,
             onnx_sha256=imported.onnx_sha256, opset=imported.opset, inputs=imported.inputs,
-            outputs=imported.outputs, target_name=cfg_t.name, target=target_json,
+            outputs=imported.outputs, target_name=cfg_t.name, target=prepared.target_json,
             device=cfg_t.device, library=stage.library, library_arch=library_arch(cfg_t),
             device_code=built.device_code,
             pipeline={"name": pipeline.name, "fingerprint": pipeline.fingerprint,
@@ -154,7 +140,7 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
         pending = {"status": "pending"}
         write_json_atomic(stage.manifest, build_manifest(**manifest_args, verification=pending))
         if job.verify.enabled and host_runnable(cfg_t):
-            verification = _verify(job, stage.path, imported, sample, threads)
+            verification = _verify(job, stage.path, imported, prepared.sample, threads)
         else:
             reason = ("verify.enabled=false" if not job.verify.enabled else
                       f"this machine ({host_arch()}, no {cfg_t.device} runtime) cannot run a "
@@ -162,8 +148,9 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
             verification = {"status": "skipped", "reason": reason}
         write_json_atomic(stage.manifest, build_manifest(**manifest_args,
                                                          verification=verification))
-        result = CompileResult(str(cfg_m.name), cfg_t.name, final_dir, target_json, before, after,
-                               metrics, verification, tuning, threads, tracker.run_id, warnings)
+        result = CompileResult(str(cfg_m.name), cfg_t.name, final_dir, prepared.target_json,
+                               before, after, metrics, verification, tuning, threads,
+                               tracker.run_id, warnings)
         _log_run(tracker, job, result, imported, stage.manifest)
         if verification["status"] == "failed":
             raise VerificationError(_failure_line(verification))
@@ -189,11 +176,13 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
         return
     tracker.set_tags({"job": "compile", "model": result.model, "target": result.target,
                       "verification": result.verification["status"]})
+    tracker.set_tags({"tuning_database": result.tuning["database_sha256"][:16]})
     tracker.log_params({"model": {"name": result.model, "onnx_sha256": imported.onnx_sha256,
                                   "opset": imported.opset, "task": job.model.task.name,
                                   "inputs": [s.to_json() for s in imported.inputs]},
                         "target": {"name": result.target, "dict": result.target_dict},
-                        "quant": job.quant.scheme.name, "threads": result.threads})
+                        "quant": job.quant.scheme.name, "threads": result.threads,
+                        "tuning": {k: v for k, v in result.tuning.items() if k != "untuned_tasks"}})
     metrics = dict(result.metrics)
     ver = result.verification
     if ver["status"] != "skipped":
@@ -206,6 +195,7 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
                 metrics.update({f"{prefix}_{q}": stats[f"{q}_ms"] for q in ("p50", "p90", "p99")})
             metrics["latency_ratio_vs_ort"] = (latency["tvm"]["p50_ms"] /
                                                latency["onnxruntime"]["p50_ms"])
+    metrics.update(tasks_total=result.tuning["tasks_total"], tasks_tuned=result.tuning["tasks_tuned"])
     tracker.log_metrics(metrics)
     tracker.log_artifact(manifest_path)
     tracker.log_dict({"op_counts": imported.op_counts}, "onnx_ops.json")

@@ -1,0 +1,208 @@
+"""The benchmark job: the compiled artifact against ONNX Runtime, OpenVINO and the untuned build.
+
+Everything runs in one process on the same real input, at the same thread count, after
+warm-up, engines interleaved per thread count. Absolute times on a shared machine are noisy;
+the ratios from one run are the result (the product's performance method, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import runner
+from runner import LatencyStats
+from runner.manifest import read_manifest
+
+from .baselines import onnxruntime_runner, openvino_runner, openvino_version
+from .config import Baseline, BenchJob, host_threads
+from .errors import ConfigError
+from .job import run_compile
+from .prepare import PreparedModel, database_folder, find_database, prepare_model
+from .targets import host_runnable
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+OURS = "tvm"
+
+
+@dataclass
+class BenchRow:
+    """One engine at one thread count."""
+
+    engine: str
+    threads: int
+    stats: LatencyStats
+    batch: int
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the p50 latency."""
+        return self.batch * 1e3 / self.stats.p50_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data of the row."""
+        return {"engine": self.engine, "threads": self.threads, **self.stats.as_dict(),
+                "throughput_per_s": self.throughput}
+
+
+@dataclass
+class BenchResult:
+    """All rows of a benchmark run, and the ratios of ours to the peers (p50 over p50)."""
+
+    model: str
+    target: str
+    rows: list[BenchRow]
+    artifact_dir: Path
+    tuning: dict[str, Any]
+    versions: dict[str, str | None] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def best(self, engine: str) -> BenchRow | None:
+        """The engine's fastest row over thread counts (by p50)."""
+        rows = [r for r in self.rows if r.engine == engine]
+        return min(rows, key=lambda r: r.stats.p50_ms) if rows else None
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """ours_p50 / peer_p50 for each peer, best thread count of each (below 1: ours faster)."""
+        ours = self.best(OURS)
+        if ours is None:
+            return {}
+        out = {}
+        for engine in sorted({r.engine for r in self.rows} - {OURS}):
+            out[engine] = ours.stats.p50_ms / self.best(engine).stats.p50_ms
+        peers = [e for e in out if e != "untuned"]
+        if peers:
+            out["best_peer"] = max(out[e] for e in peers)
+        return out
+
+
+def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path | None:
+    """The artifact folder if it was built from this model with the current database."""
+    folder = Path(job.paths.artifacts_dir) / str(job.model.name) / job.target.name
+    try:
+        manifest = read_manifest(folder)
+    except runner.ArtifactError:
+        return None
+    fresh = (manifest["model"]["onnx_sha256"] == prepared.imported.onnx_sha256
+             and manifest["tuning"]["database_sha256"] == sha
+             and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
+             and manifest["verification"]["status"] == "passed")
+    return folder if fresh else None
+
+
+def _timed(name: str, threads: int, fn, cfg, batch: int) -> BenchRow:
+    once = runner.time_callable(fn, runs=1, warmup=1)
+    runs = max(3, min(cfg.runs, int(cfg.max_s * 1e3 / max(once.p50_ms, 1e-3))))
+    stats = runner.time_callable(fn, runs=runs, warmup=cfg.warmup)
+    log.info("%-12s threads=%d p50 %.3f ms (%d runs)", name, threads, stats.p50_ms, runs)
+    return BenchRow(name, threads, stats, batch)
+
+
+def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
+    """Benchmark a model's compiled artifact against its peers.
+
+    The artifact in ``artifacts/<model>/<target>`` is used if it was built from the same model
+    bytes, pipeline and tuning database and passed verification; otherwise it is compiled
+    first (the compile job, with verification).
+
+    Returns
+    -------
+    BenchResult
+
+    Raises
+    ------
+    ConfigError
+        A target this machine cannot run, or a baseline that is not installed.
+    """
+    tracker = tracker or Tracker(None)
+    cfg = job.bench
+    if not host_runnable(job.target):
+        raise ConfigError(f"benchmarking target {job.target.name} needs a machine that runs it; "
+                          "this one cannot")
+    prepared = prepare_model(job.model, job.target, job.quant.scheme, job.paths)
+    folder = database_folder(job.paths, str(job.model.name), job.target.name,
+                             job.tuning.database)
+    applied, _ = find_database(prepared, folder, explicit=bool(job.tuning.database))
+    sha = applied.sha256 if applied else "untuned"
+    artifact = None if cfg.recompile else _current_artifact(job, prepared, sha)
+    if artifact is None:
+        log.info("compiling %s for %s first", job.model.name, job.target.name)
+        artifact = run_compile(job).artifact_dir
+    manifest = read_manifest(artifact)
+    inputs = prepared.sample.inputs
+    onnx_path = prepared.imported.onnx_path
+    batch = prepared.imported.inputs[0].shape[0] if prepared.imported.inputs[0].shape else 1
+    thread_counts = list(cfg.threads) or sorted({1, host_threads()})
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        untuned_dir = None
+        if Baseline.untuned in cfg.baselines and manifest["tuning"]["database_sha256"] != "untuned":
+            untuned_job = replace(job, tuning=replace(job.tuning, apply=False),
+                                  paths=replace(job.paths, artifacts_dir=tmp),
+                                  verify=replace(job.verify, enabled=False))
+            untuned_dir = run_compile(untuned_job).artifact_dir
+        for threads in thread_counts:
+            model = runner.load(artifact, num_threads=threads)
+            rows.append(_timed(OURS, threads, lambda: model.run(inputs), cfg, batch))
+            if Baseline.onnxruntime in cfg.baselines:
+                rows.append(_timed("onnxruntime", threads,
+                                   onnxruntime_runner(onnx_path, threads, inputs), cfg, batch))
+            if Baseline.openvino in cfg.baselines:
+                try:
+                    fn = openvino_runner(onnx_path, threads, inputs)
+                except ConfigError:
+                    if threads == thread_counts[0]:
+                        log.warning("openvino is not installed: no OpenVINO row "
+                                    "(pip install -e '.[baselines]')")
+                else:
+                    rows.append(_timed("openvino", threads, fn, cfg, batch))
+            if untuned_dir is not None:
+                slow = runner.load(untuned_dir, num_threads=threads)
+                rows.append(_timed("untuned", threads, lambda: slow.run(inputs), cfg, batch))
+    versions = {"tvm": manifest["versions"]["tvm"],
+                "onnxruntime": manifest["versions"]["onnxruntime"],
+                "openvino": openvino_version()}
+    result = BenchResult(str(job.model.name), job.target.name, rows, artifact,
+                         manifest["tuning"], versions, tracker.run_id)
+    _log(tracker, result)
+    return result
+
+
+def _log(tracker: Tracker, result: BenchResult) -> None:
+    if not tracker.enabled:
+        return
+    tracker.set_tags({"job": "bench", "model": result.model, "target": result.target,
+                      "tuning_database": result.tuning["database_sha256"][:16]})
+    tracker.log_params({"threads": sorted({r.threads for r in result.rows}),
+                        "engines": sorted({r.engine for r in result.rows}),
+                        "versions": result.versions, "tasks_tuned": result.tuning["tasks_tuned"],
+                        "tasks_total": result.tuning["tasks_total"]})
+    metrics: dict[str, float] = {}
+    for row in result.rows:
+        for q in ("p50", "p90", "p99"):
+            metrics[f"latency_ms_{q}/{row.engine}/t{row.threads}"] = getattr(row.stats, f"{q}_ms")
+        metrics[f"throughput_per_s/{row.engine}/t{row.threads}"] = row.throughput
+    metrics.update({f"ratio_vs_{k}": v for k, v in result.ratios.items()})
+    tracker.log_metrics(metrics)
+    tracker.log_dict([r.as_dict() for r in result.rows], "bench.json")
+
+
+def table(result: BenchResult) -> str:
+    """The benchmark as a fixed-width table, one row per engine and thread count."""
+    ours = {r.threads: r for r in result.rows if r.engine == OURS}
+    lines = [f"{'engine':12} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+             f"{'per s':>8} {'ours/this':>9}"]
+    for row in sorted(result.rows, key=lambda r: (r.threads, r.engine != OURS, r.engine)):
+        ratio = ours[row.threads].stats.p50_ms / row.stats.p50_ms if row.threads in ours else None
+        shown = f"{ratio:9.2f}" if ratio else f"{'-':>9}"
+        lines.append(f"{row.engine:12} {row.threads:7d} {row.stats.p50_ms:9.3f} "
+                     f"{row.stats.p90_ms:9.3f} {row.stats.p99_ms:9.3f} {row.throughput:8.1f} "
+                     f"{shown}")
+    return "\n".join(lines)
+

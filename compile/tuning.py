@@ -1,0 +1,464 @@
+"""The tuning job: MetaSchedule over a model's fused kernels, resumable and tracked in MLflow.
+
+Tasks are the PrimFuncs of the *same* preparation pipeline the compile job uses. Records are
+appended to ``tune_logs/<model>/<target>/`` as they are measured (a killed job keeps them), a
+second run warm-starts from them and adds its budget, skipping tasks that converged (no gain in
+``tuning.patience`` trials) or are negligible (under ``tuning.min_weight`` of the model's FLOPs).
+At the end the database is pruned to the best ``tuning.keep_per_workload`` records per workload
+(the committed form); the full database of the run is an MLflow artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import _tvm
+from .config import CompileJob, TargetKind, TuningConfig, host_threads
+from .errors import ConfigError, TuningDatabaseError
+from .ms_worker import build_candidate
+from .prepare import PreparedModel, database_folder, prepare_model
+from .tracking import Tracker, host_cpu_name
+from .tuning_db import (
+    PROVENANCE_SCHEMA,
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    count_records,
+    mismatch,
+    open_database,
+    prune,
+    read_provenance,
+    repair,
+    write_provenance,
+)
+
+log = logging.getLogger(__name__)
+ms = _tvm.ms
+
+#: A task's best time must improve by more than this fraction to count as an improvement.
+IMPROVEMENT = 0.01
+
+
+@dataclass
+class TaskStats:
+    """One tuning task (a fused PrimFunc) and what tuning found for it.
+
+    Attributes
+    ----------
+    name : str
+        The PrimFunc's name, e.g. ``fused_conv2d_add_relu``.
+    flops : float
+        Floating-point operations of one call (``estimate_tir_flops``).
+    weight : int
+        Calls per model run.
+    trials : int
+        Candidates measured over all runs.
+    trials_run : int
+        Candidates measured by this run.
+    best_us : float or None
+        Fastest measured time of one call, microseconds.
+    since_improvement : int
+        Trials since the best improved by more than 1 %.
+    skipped : str or None
+        Why this run did not tune the task (converged, negligible).
+    build_errors, run_errors : int
+        Candidates that failed to build or to run in this run.
+    """
+
+    name: str
+    flops: float
+    weight: int
+    trials: int = 0
+    trials_run: int = 0
+    best_us: float | None = None
+    since_improvement: int = 0
+    skipped: str | None = None
+    build_errors: int = 0
+    run_errors: int = 0
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        """Achieved GFLOP/s of the best schedule."""
+        if not self.best_us or not self.flops:
+            return None
+        return self.flops / (self.best_us * 1e-6) / 1e9
+
+    @property
+    def share_us(self) -> float | None:
+        """This task's part of one model run: weight x best time, microseconds."""
+        return self.weight * self.best_us if self.best_us else None
+
+
+@dataclass
+class TuneResult:
+    """What a tuning job did (also logged to MLflow)."""
+
+    model: str
+    target: str
+    database: Path
+    tasks: list[TaskStats]
+    trials_run: int
+    trials_total: int
+    wall_s: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    records_kept: int = 0
+    run_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def trials_per_min(self) -> float:
+        """Measured candidates per minute of wall time."""
+        return self.trials_run / (self.wall_s / 60) if self.wall_s > 0 else 0.0
+
+    @property
+    def est_latency_ms(self) -> float | None:
+        """Sum of weight x best time over the tasks, when every task has a measurement."""
+        shares = [t.share_us for t in self.tasks]
+        return sum(shares) / 1e3 if shares and all(s is not None for s in shares) else None
+
+
+def check_tunable(job: CompileJob) -> None:
+    """Refuse targets whose candidates cannot be measured on this machine.
+
+    Raises
+    ------
+    ConfigError
+        Cross targets (no RPC runner here) and CUDA without a GPU.
+    """
+    target = job.target
+    if target.kind == TargetKind.llvm and target.mtriple:
+        raise ConfigError(f"tuning target {target.name} needs its candidates measured on a "
+                          f"{target.mtriple} machine; run python -m compile.tune there "
+                          "(RPC runners are not supported)")
+    if target.kind == TargetKind.cuda:
+        import tvm
+
+        if not tvm.cuda(0).exist:
+            raise ConfigError(f"tuning target {target.name} needs an NVIDIA GPU on this machine")
+
+
+def hide_torch_from_workers(cache_dir: str | Path) -> None:
+    """Keep PyTorch out of MetaSchedule's worker processes (this process's children).
+
+    apache-tvm-ffi imports torch eagerly when it is installed, for tensor interop the workers
+    never use; it cost 2.5 s of each worker's start here, and the builder starts new workers for
+    every batch. A ``torch`` package that raises ImportError, first on the children's
+    ``PYTHONPATH``, makes that import fail fast (tvm_ffi catches ImportError).
+    """
+    shim = Path(cache_dir) / "worker-site"
+    package = shim / "torch" / "__init__.py"
+    if not package.is_file():
+        package.parent.mkdir(parents=True, exist_ok=True)
+        package.write_text('raise ImportError("torch is hidden from TVM worker processes")\n')
+    paths = [str(shim), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def _task_stats(tasks: list[Any], provenance: dict[str, Any]) -> list[TaskStats]:
+    known = provenance.get("tasks", {})
+    stats = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        before = known.get(task.task_name, {})
+        stats.append(TaskStats(task.task_name, float(_tvm.estimate_tir_flops(mod)),
+                               int(task.weight), trials=int(before.get("trials", 0)),
+                               best_us=before.get("best_us"),
+                               since_improvement=int(before.get("since_improvement", 0))))
+    return stats
+
+
+def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
+    """Indices of the tasks this run tunes; the others get ``skipped`` set."""
+    total_flops = sum(s.flops * s.weight for s in stats) or 1.0
+    chosen = []
+    for index, task in enumerate(stats):
+        share = task.flops * task.weight / total_flops
+        if task.trials >= cfg.patience and task.since_improvement >= cfg.patience:
+            task.skipped = f"converged: no gain in the last {task.since_improvement} trials"
+        elif task.trials > 0 and share < cfg.min_weight:
+            task.skipped = f"negligible: {share:.2%} of the model's FLOPs"
+        else:
+            chosen.append(index)
+    return chosen
+
+
+class _Progress:
+    """State of a running tuning job, updated after every measured batch."""
+
+    def __init__(self, stats: list[TaskStats], chosen: list[int], cfg: TuningConfig,
+                 tracker: Tracker, save, trials_before: int):
+        from tqdm import tqdm
+
+        self.stats, self.chosen, self.cfg, self.tracker, self.save = stats, chosen, cfg, tracker, save
+        self.trials_before = trials_before
+        self.trials = 0
+        self.start = time.monotonic()
+        self.curve: list[tuple[int, float]] = []
+        self.stopped_by_time = False
+        self.bar = tqdm(total=cfg.trials, unit="trial", desc="tuning", dynamic_ncols=True)
+
+    def on_batch(self, scheduler: Any, task_id: int, runner_results: list[Any],
+                 builder_results: list[Any]) -> None:
+        task = self.stats[self.chosen[task_id]]
+        for built, ran in zip(builder_results, runner_results):
+            task.trials += 1
+            task.trials_run += 1
+            self.trials += 1
+            if built.error_msg:
+                task.build_errors += 1
+                task.since_improvement += 1
+                continue
+            if ran.error_msg or not ran.run_secs:
+                task.run_errors += 1
+                task.since_improvement += 1
+                continue
+            secs = [float(s) for s in ran.run_secs]
+            us = sum(secs) / len(secs) * 1e6
+            if task.best_us is None or us < task.best_us * (1 - IMPROVEMENT):
+                task.since_improvement = 0
+            else:
+                task.since_improvement += 1
+            task.best_us = us if task.best_us is None else min(task.best_us, us)
+        self.bar.update(len(runner_results))
+        elapsed = time.monotonic() - self.start
+        measured = sum(1 for s in self.stats if s.best_us)
+        shares = [s.share_us for s in self.stats if s.share_us]
+        est_ms = sum(shares) / 1e3 if measured == len(self.stats) else None
+        postfix = {"tasks": f"{measured}/{len(self.stats)}"}
+        if est_ms is not None:
+            postfix["est_ms"] = f"{est_ms:.2f}"
+            self.curve.append((self.trials_before + self.trials, est_ms))
+        self.bar.set_postfix(postfix)
+        step = self.trials_before + self.trials
+        self.tracker.log_metrics({"est_latency_ms": est_ms, "tasks_measured": measured,
+                                  "trials_per_min": self.trials / (elapsed / 60)}, step=step)
+        self.save()
+        if self.cfg.max_time_min and elapsed > self.cfg.max_time_min * 60 and not self.stopped_by_time:
+            self.stopped_by_time = True
+            log.info("tuning.max_time_min=%s reached: stopping", self.cfg.max_time_min)
+            for index in range(len(self.chosen)):
+                scheduler.terminate_task(index)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _make_callback(progress: _Progress) -> Any:
+    @_tvm.derived_object
+    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            progress.on_batch(task_scheduler, task_id, runner_results, builder_results)
+
+    return ProgressCallback()
+
+
+def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
+                stats: list[TaskStats], run: dict[str, Any], cfg: TuningConfig) -> dict[str, Any]:
+    runs = list((old or {}).get("runs", []))
+    runs = [r for r in runs if r.get("started_at") != run["started_at"]] + [run]
+    return {
+        "schema": PROVENANCE_SCHEMA,
+        "model": model,
+        **prepared.database_key.as_dict(),
+        "pipeline": prepared.pipeline.name,
+        "host": {"cpu": host_cpu_name(), "llvm_cpu": str(_tvm.llvm_get_system_cpu()),
+                 "cores": host_threads(), "machine": platform.machine()},
+        "seed": cfg.seed,
+        "trials_total": sum(s.trials for s in stats),
+        "wall_s_total": round(sum(r.get("wall_s", 0.0) for r in runs), 1),
+        "tasks": {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
+                           "best_us": s.best_us, "since_improvement": s.since_improvement}
+                  for s in stats},
+        "runs": runs,
+    }
+
+
+def task_table(stats: list[TaskStats]) -> list[dict[str, Any]]:
+    """The per-task table (heaviest first), as rows of JSON data."""
+    total = sum(s.share_us or 0.0 for s in stats) or 1.0
+    rows = []
+    for s in sorted(stats, key=lambda s: -(s.share_us or 0.0)):
+        rows.append({"task": s.name, "flops": int(s.flops), "weight": s.weight,
+                     "trials": s.trials, "trials_this_run": s.trials_run,
+                     "best_us": round(s.best_us, 2) if s.best_us else None,
+                     "share": round((s.share_us or 0.0) / total, 4),
+                     "gflops_per_s": round(s.gflops_per_s, 2) if s.gflops_per_s else None,
+                     "build_errors": s.build_errors, "run_errors": s.run_errors,
+                     "skipped": s.skipped or ""})
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["task"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _plot(curve: list[tuple[int, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if curve:
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", linewidth=1)
+    ax.set_xlabel("trials (all runs)")
+    ax.set_ylabel("estimated latency, ms (sum of weight x best kernel time)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
+    """Tune a model's kernels for a target and add the records to its database.
+
+    Parameters
+    ----------
+    job : CompileJob
+        Model, target, quantization and ``tuning`` settings (budget, cost model, workers, ...).
+    tracker : Tracker, optional
+
+    Returns
+    -------
+    TuneResult
+
+    Raises
+    ------
+    ConfigError
+        The target cannot be tuned on this machine.
+    TuningDatabaseError
+        The database on disk was tuned for another model, pipeline, target or TVM version, or
+        is unreadable.
+    """
+    tracker = tracker or Tracker(None)
+    cfg = job.tuning
+    check_tunable(job)
+    threads = job.target.num_cores or host_threads()
+    # Candidates are timed in worker processes: size their TVM thread pool like the target.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    hide_torch_from_workers(job.paths.cache_dir)
+    prepared = prepare_model(job.model, job.target, job.quant.scheme, job.paths, job.dump_ir)
+    model, target_name = str(job.model.name), job.target.name
+    folder = database_folder(job.paths, model, target_name, cfg.database)
+    old = read_provenance(folder)
+    if old is not None:
+        problem = mismatch(old, prepared.database_key)
+        if problem:
+            raise TuningDatabaseError(f"{folder} holds a database for something else: {problem}; "
+                                      "point tuning.database at another folder or delete it")
+    warnings = repair(folder) if folder.is_dir() else []
+    database = open_database(folder)
+    tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)
+    if not tasks:
+        raise ConfigError(f"{model} has no kernels to tune for {target_name}")
+    stats = _task_stats(tasks, old or {})
+    chosen = _select(stats, cfg)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_info: dict[str, Any] = {"started_at": started, "mlflow_run_id": tracker.run_id,
+                                "trials": 0, "wall_s": 0.0, "cost_model": cfg.cost_model.name,
+                                "seed": cfg.seed, "trials_per_iter": cfg.trials_per_iter}
+    trials_before = sum(s.trials for s in stats)
+    start = time.monotonic()
+
+    def save() -> None:
+        run_info["trials"] = sum(s.trials_run for s in stats)
+        run_info["wall_s"] = round(time.monotonic() - start, 1)
+        write_provenance(folder, _provenance(prepared, model, old, stats, run_info, cfg))
+
+    save()
+    tracker.set_tags({"job": "tune", "model": model, "target": target_name})
+    tracker.log_params({"tuning": {"trials": cfg.trials, "trials_per_iter": cfg.trials_per_iter,
+                                   "max_trials_per_task": cfg.max_trials_per_task,
+                                   "max_time_min": cfg.max_time_min,
+                                   "cost_model": cfg.cost_model.name, "seed": cfg.seed,
+                                   "builder_workers": cfg.builder_workers or threads,
+                                   "runner_workers": cfg.runner_workers,
+                                   "patience": cfg.patience, "min_weight": cfg.min_weight},
+                        "model": model, "target": {"name": target_name,
+                                                   "dict": prepared.target_json},
+                        "tasks_total": len(stats), "tasks_tuned_this_run": len(chosen),
+                        "trials_before": trials_before, "threads": threads})
+    progress = _Progress(stats, chosen, cfg, tracker, save, trials_before)
+    if chosen:
+        family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
+        _tvm.register_tensor_intrinsics(family)
+        scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
+            seed=cfg.seed)
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(scratch),
+                max_trials_global=cfg.trials,
+                max_trials_per_task=cfg.max_trials_per_task or cfg.trials,
+                num_trials_per_iter=cfg.trials_per_iter,
+                builder=ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
+                                                f_build=build_candidate),
+                runner=ms.runner.LocalRunner(timeout_sec=cfg.timeout_s),
+                database=database, cost_model=ms.cost_model.CostModel.create(
+                    cfg.cost_model.value, num_tuning_cores=threads),
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   _make_callback(progress)],
+                task_scheduler="gradient")
+        finally:
+            progress.close()
+            save()
+    wall_s = time.monotonic() - start
+    result = TuneResult(model, target_name, folder, stats, progress.trials,
+                        sum(s.trials for s in stats), wall_s, progress.curve,
+                        run_id=tracker.run_id, warnings=warnings)
+    for task in stats:
+        if task.trials_run and task.build_errors + task.run_errors == task.trials_run:
+            result.warnings.append(f"task {task.name}: all {task.trials_run} candidates failed "
+                                   "to build or run; it stays untuned")
+    _finish(job, result, prepared, folder, tracker)
+    return result
+
+
+def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder: Path,
+            tracker: Tracker) -> None:
+    """Log the run's tables, plot and full database; prune the database on disk."""
+    rows = task_table(result.tasks)
+    scratch = Path(job.paths.cache_dir) / "tuning" / result.model / result.target
+    scratch.mkdir(parents=True, exist_ok=True)
+    plot = scratch / "tuning_curve.png"
+    _plot(result.curve, plot, f"{result.model} on {result.target}")
+    if tracker.enabled:
+        tracker.log_dict(rows, "tasks.json")
+        tracker.log_text(_csv(rows), "tasks.csv")
+        tracker.log_artifact(plot)
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            tracker.log_artifact(folder / name, "database")
+        logs = scratch / "logs"
+        if logs.is_dir():
+            tracker.log_artifact(logs, "metaschedule_logs")
+    before = count_records(folder)
+    if job.tuning.keep_per_workload > 0:
+        before, result.records_kept = prune(folder, job.tuning.keep_per_workload)
+    else:
+        result.records_kept = before
+    tracker.log_artifact(folder / "provenance.json", "database")
+    metrics = {"trials_run": result.trials_run, "trials_total": result.trials_total,
+               "tuning_wall_s": result.wall_s, "trials_per_min": result.trials_per_min,
+               "records_before_prune": before, "records_kept": result.records_kept,
+               "tasks_total": len(result.tasks),
+               "tasks_skipped": sum(1 for t in result.tasks if t.skipped)}
+    if result.est_latency_ms is not None:
+        metrics["est_latency_ms_final"] = result.est_latency_ms
+    tracker.log_metrics(metrics)
+    log.info("tuning database %s: %d records kept of %d", folder, result.records_kept, before)

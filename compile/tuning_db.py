@@ -1,0 +1,275 @@
+"""Tuning databases on disk: MetaSchedule's JSON files plus a provenance file.
+
+``tune_logs/<model>/<target>/`` holds ``database_workload.json`` (one line per workload),
+``database_tuning_record.json`` (one line per measured candidate, ``[workload_index, [trace,
+run_secs, target, args_info]]``, appended as measured) and ``provenance.json``. A database is
+used only for the model bytes, preparation pipeline, target and TVM version it was tuned for
+(MetaSchedule applies records to any target without checking, ../shared/TVM_0_27.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import _tvm
+from .artifact import write_json_atomic
+from .errors import TuningDatabaseError
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+PROVENANCE_FILE = "provenance.json"
+PROVENANCE_SCHEMA = 1
+
+#: Provenance fields that must equal the job's for the database to be used.
+MATCH_FIELDS = ("onnx_sha256", "pipeline_fingerprint", "target", "tvm_version")
+
+
+@dataclass(frozen=True)
+class DatabaseKey:
+    """What a database was tuned for; two keys must be equal to share records."""
+
+    onnx_sha256: str
+    pipeline_fingerprint: str
+    target: dict
+    tvm_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as stored in ``provenance.json``."""
+        return {"onnx_sha256": self.onnx_sha256, "pipeline_fingerprint": self.pipeline_fingerprint,
+                "target": self.target, "tvm_version": self.tvm_version}
+
+
+def _describe_difference(field: str, have: Any, want: Any) -> str:
+    if field == "target" and isinstance(have, dict) and isinstance(want, dict):
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        diff = ", ".join(f"{k}: {have.get(k)!r} vs {want.get(k)!r}" for k in keys)
+        return f"target differs ({diff})"
+    names = {"onnx_sha256": "model bytes (ONNX sha256)",
+             "pipeline_fingerprint": "preparation pipeline", "tvm_version": "TVM version"}
+    return f"{names[field]} differs ({str(have)[:16]} vs {str(want)[:16]})"
+
+
+def mismatch(provenance: dict[str, Any], key: DatabaseKey) -> str | None:
+    """Return what differs between a database's provenance and a job, or None if it matches."""
+    wanted = key.as_dict()
+    problems = [_describe_difference(f, provenance.get(f), wanted[f])
+                for f in MATCH_FIELDS if provenance.get(f) != wanted[f]]
+    return "; ".join(problems) or None
+
+
+def read_provenance(folder: Path) -> dict[str, Any] | None:
+    """Return a database folder's provenance, or None if the folder has none.
+
+    Raises
+    ------
+    TuningDatabaseError
+        The provenance file is not valid JSON.
+    """
+    path = folder / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TuningDatabaseError(f"{path} is not valid JSON ({err}); restore it from git or "
+                                  "delete the folder to tune afresh") from None
+
+
+def write_provenance(folder: Path, provenance: dict[str, Any]) -> None:
+    """Write ``provenance.json`` atomically."""
+    write_json_atomic(folder / PROVENANCE_FILE, provenance)
+
+
+def _valid_line(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _rewrite_lines(path: Path, lines: list[str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(line + "\n" for line in lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def repair(folder: Path) -> list[str]:
+    """Drop unreadable lines (e.g. a last line cut short by a killed job) from a database.
+
+    Every complete record is kept. A workload line can only be dropped at the end of its file
+    (records refer to workloads by line number); records pointing past the last workload are
+    dropped too.
+
+    Returns
+    -------
+    list of str
+        One warning per dropped line, with its file and line number.
+
+    Raises
+    ------
+    TuningDatabaseError
+        A workload line in the middle of its file is unreadable.
+    """
+    warnings: list[str] = []
+    workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
+    workloads: list[str] = []
+    if workload_path.is_file():
+        raw = workload_path.read_text().splitlines()
+        valid = [_valid_line(line) for line in raw]
+        if not all(valid):
+            first_bad = valid.index(False)
+            if not all(not v for v in valid[first_bad:]) and any(valid[first_bad:]):
+                raise TuningDatabaseError(
+                    f"{workload_path} line {first_bad + 1} is unreadable and later lines depend "
+                    "on it; restore the file from git or MLflow, or delete the folder")
+            warnings += [f"{workload_path.name} line {i + 1}: unreadable, dropped"
+                         for i in range(first_bad, len(raw))]
+            _rewrite_lines(workload_path, raw[:first_bad])
+            raw = raw[:first_bad]
+        workloads = raw
+    if record_path.is_file():
+        raw = record_path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(raw, start=1):
+            if not line.strip():
+                continue
+            if not _valid_line(line):
+                warnings.append(f"{record_path.name} line {number}: unreadable, dropped")
+                continue
+            if json.loads(line)[0] >= len(workloads):
+                warnings.append(f"{record_path.name} line {number}: refers to a missing "
+                                "workload, dropped")
+                continue
+            kept.append(line)
+        if len(kept) != len(raw):
+            _rewrite_lines(record_path, kept)
+    for warning in warnings:
+        log.warning("tuning database %s: %s", folder, warning)
+    return warnings
+
+
+def record_latency_s(line: str) -> float:
+    """Mean measured time of a record line in seconds (``inf`` for failed candidates)."""
+    run_secs = json.loads(line)[1][1]
+    if not run_secs:
+        return math.inf
+    mean = sum(float(s) for s in run_secs) / len(run_secs)
+    return math.inf if mean >= 1e9 else mean  # MetaSchedule stores 1e10 for failures
+
+
+def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
+    """Keep only the ``keep`` fastest records per workload (the committed form of a database).
+
+    Returns
+    -------
+    (before, after) : tuple of int
+        Number of records before and after.
+    """
+    workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
+    if not record_path.is_file():
+        return 0, 0
+    records = [line for line in record_path.read_text().splitlines() if line.strip()]
+    by_workload: dict[int, list[tuple[float, int, str]]] = {}
+    for order, line in enumerate(records):
+        by_workload.setdefault(json.loads(line)[0], []).append((record_latency_s(line), order, line))
+    workloads = workload_path.read_text().splitlines()
+    used = sorted(by_workload)
+    remap = {old: new for new, old in enumerate(used)}
+    kept = []
+    for old in used:
+        best = sorted(r for r in by_workload[old] if math.isfinite(r[0]))[:keep]
+        for _, order, line in best:
+            data = json.loads(line)
+            data[0] = remap[old]
+            kept.append((order, json.dumps(data, separators=(",", ":"))))
+    _rewrite_lines(workload_path, [workloads[old] for old in used])
+    _rewrite_lines(record_path, [line for _, line in sorted(kept)])
+    return len(records), len(kept)
+
+
+def files_sha256(folder: Path) -> str:
+    """sha256 over the two database files (the database's identity in manifests)."""
+    digest = hashlib.sha256()
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        path = folder / name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def count_records(folder: Path) -> int:
+    """Number of tuning records in a database folder."""
+    path = folder / RECORD_FILE
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+def open_database(folder: Path) -> Any:
+    """Open (creating if missing) MetaSchedule's JSON database in ``folder``, after :func:`repair`.
+
+    Raises
+    ------
+    TuningDatabaseError
+        TVM cannot parse the files.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    repair(folder)
+    try:
+        return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
+                                             allow_missing=True, module_equality="structural")
+    except Exception as err:  # TVMError from the JSON loader
+        raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
+                                  f"{str(err).strip().splitlines()[-1]}") from None
+
+
+@dataclass
+class AppliedDatabase:
+    """Result of applying a database to a prepared module."""
+
+    mod: tvm.IRModule
+    folder: Path | None
+    sha256: str
+    tasks_total: int
+    tasks_tuned: int
+    untuned_tasks: list[str]
+    tune_run_id: str | None
+
+
+def apply_database(mod: tvm.IRModule, target: tvm.target.Target, folder: Path) -> AppliedDatabase:
+    """Replace every PrimFunc that has a tuning record by its best schedule.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The prepared (fused) module.
+    target : tvm.target.Target
+    folder : Path
+        A database folder whose provenance was checked against the job.
+    """
+    database = open_database(folder)
+    with target, database:
+        tuned = _tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    names = [gv.name_hint for gv, f in tuned.functions.items() if isinstance(f, _tvm.PrimFunc)]
+    untuned = sorted(gv.name_hint for gv, f in tuned.functions.items()
+                     if isinstance(f, _tvm.PrimFunc)
+                     and not bool(f.attrs.get("tirx.is_scheduled", False) if f.attrs else False))
+    provenance = read_provenance(folder) or {}
+    runs = provenance.get("runs") or [{}]
+    return AppliedDatabase(tuned, folder, files_sha256(folder), len(names),
+                           len(names) - len(untuned), untuned, runs[-1].get("mlflow_run_id"))
