@@ -13,6 +13,7 @@ import tvm
 from . import _tvm, cuda
 from .config import TargetConfig, TargetKind
 from .errors import BuildError, ToolchainError
+from .pipeline import post_tuning_passes
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def build(mod: tvm.IRModule, cfg: TargetConfig, target: tvm.target.Target,
     start = time.perf_counter()
     if cfg.kind != TargetKind.cuda:
         with target:
+            mod = post_tuning_passes(cfg)(mod)
             executable = _compile(mod, target, cfg)
         return BuildResult(executable, time.perf_counter() - start)
     cuda.ensure_cuda_runtime(cache_dir)

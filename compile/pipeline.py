@@ -70,6 +70,8 @@ class Pipeline:
         with target:
             DumpIR(self.dump_dir, 0, "imported")(mod)
             for index, (phase, passes) in enumerate(self.phases, start=1):
+                if not passes:
+                    continue
                 mod = tvm.transform.Sequential([*passes, DumpIR(self.dump_dir, index, phase)])(mod)
                 kernels[phase] = count_kernels(mod)
         return mod, kernels
@@ -98,6 +100,7 @@ def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.
     dump_dir : str or Path, optional
         Write the IR after each phase here (``dump_ir=<dir>``).
     """
+    cpu = family(target) == "cpu"
     phases = (
         # Phase 1. Graph rewrites.
         ("graph", tuple(graph_passes(quant))),
@@ -107,8 +110,28 @@ def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.
         ("fuse", (relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
                   relax.transform.FuseOps(), relax.transform.FuseTIR(),
                   relax.transform.DeadCodeElimination())),
+        # Phase 4. CPU: mark weight buffers layout-free, so tuned schedules may choose their
+        # layout (MetaSchedule's RewriteLayout); post_tuning_passes packs them at compile time.
+        ("layout", (relax.transform.AttachAttrLayoutFreeBuffers(),) if cpu else ()),
     )
     return Pipeline(f"{family(target)}-{quant.name}", phases, Path(dump_dir) if dump_dir else None)
+
+
+def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
+    """Passes after tuned schedules are applied, before ``tvm.compile``.
+
+    On CPU, weight-layout rewrites chosen by tuned schedules are split into separate PrimFuncs
+    and, the weights being constants, evaluated at compile time (TVM's ``static_shape_tuning``
+    pipeline with ``cpu_weight_prepack``, without lifting weights into parameters): the artifact
+    embeds pre-packed weights and its interface stays the model's.
+    """
+    if family(target) != "cpu":
+        return tvm.transform.Sequential([])
+    return tvm.transform.Sequential([
+        relax.transform.SplitLayoutRewritePreproc(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ])
 
 
 def count_kernels(mod: tvm.IRModule) -> int:
