@@ -190,6 +190,20 @@ def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
     return chosen
 
 
+def _reset_metaschedule_logging() -> None:
+    """Detach MetaSchedule's handlers from an earlier job in this process and quiet its console.
+
+    MetaSchedule configures its loggers anew for every job (a file per task under the job's
+    work dir) and fails on handlers it finds from an earlier configuration. Its console handler
+    takes the logger's level: WARNING keeps the per-round tables in the log files only.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.WARNING)
+
+
 class _Progress:
     """State of a running tuning job, updated after every measured batch."""
 
@@ -397,7 +411,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
         _tvm.register_tensor_intrinsics(family)
         scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
             seed=cfg.seed)

@@ -1,0 +1,175 @@
+"""Tuning: smoke runs of a tiny model, resume, databases refused or repaired, bench job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from compile.errors import ConfigError, TuningDatabaseError
+from compile.job import run_compile
+from compile.tuning import run_tune
+from compile.tuning_db import RECORD_FILE, count_records, prune, read_provenance, repair
+
+from .conftest import CACHE_DIR, compose, run_cli
+
+pytestmark = pytest.mark.tuning
+
+
+def tune_job(model_path, tmp_path, *overrides: str):
+    return compose("model=file", f"model.path={model_path}", "tuning=smoke",
+                   f"paths.tune_logs_dir={tmp_path}/tune_logs",
+                   f"paths.artifacts_dir={tmp_path}/art", f"paths.cache_dir={CACHE_DIR}",
+                   "tracking=off", "verify.bench_runs=3", *overrides)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_dir, tmp_path_factory):
+    """conv_bn_relu tuned once (smoke budget); tests copy the database before changing it."""
+    tmp = tmp_path_factory.mktemp("tuned")
+    job = tune_job(tiny_dir / "conv_bn_relu.onnx", tmp)
+    return job, run_tune(job)
+
+
+def test_smoke_tuning_writes_database_and_provenance(tuned):
+    job, result = tuned
+    folder = result.database
+    assert result.trials_run == 8 and result.trials_per_min > 0
+    assert count_records(folder) == 8  # smoke keeps every record
+    provenance = read_provenance(folder)
+    assert provenance["target"]["mcpu"] == job.target.mcpu or provenance["target"]["kind"] == "llvm"
+    assert provenance["tvm_version"].startswith("0.27")
+    assert len(provenance["onnx_sha256"]) == 64 and provenance["pipeline"] == "cpu-none"
+    assert provenance["trials_total"] == 8 and provenance["runs"][-1]["trials"] == 8
+    assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
+    assert result.est_latency_ms and result.est_latency_ms > 0
+
+
+def test_compile_applies_the_database(tuned):
+    job, result = tuned
+    compiled = run_compile(job)
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
+    assert compiled.tuning["database_sha256"] != "untuned"
+    assert compiled.verification["status"] == "passed"
+
+
+def test_resume_adds_records(tuned, tmp_path):
+    job, _ = tuned
+    copy = tmp_path / "db"
+    shutil.copytree(tuned[1].database, copy)
+    again = run_tune(compose(*_overrides(job), f"tuning.database={copy}", "tuning.trials=4",
+                             "tuning.max_trials_per_task=2"))
+    provenance = read_provenance(copy)
+    assert count_records(copy) == 12
+    assert provenance["trials_total"] == 12 and len(provenance["runs"]) == 2
+    assert again.trials_total == 12
+
+
+def _overrides(job):
+    return ["model=file", f"model.path={job.model.path}", "tuning=smoke",
+            f"paths.cache_dir={CACHE_DIR}", "tracking=off",
+            f"paths.artifacts_dir={job.paths.artifacts_dir}"]
+
+
+def test_database_of_another_target_is_refused(tuned, tmp_path):
+    job, result = tuned
+    copy = tmp_path / "db"
+    shutil.copytree(result.database, copy)
+    provenance = json.loads((copy / "provenance.json").read_text())
+    provenance["target"]["mcpu"] = "znver4"
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):
+        run_tune(compose(*_overrides(job), f"tuning.database={copy}"))
+    with pytest.raises(TuningDatabaseError, match="target differs"):
+        run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+
+
+def test_database_of_another_model_is_refused(tuned, tmp_path):
+    job, result = tuned
+    copy = tmp_path / "db"
+    shutil.copytree(result.database, copy)
+    provenance = json.loads((copy / "provenance.json").read_text())
+    provenance["onnx_sha256"] = "0" * 64
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    with pytest.raises(TuningDatabaseError, match="model bytes"):
+        run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+
+
+def test_unmatched_conventional_database_only_warns(tuned, tmp_path):
+    job, result = tuned
+    logs = tmp_path / "tune_logs" / "conv_bn_relu" / "x86_64"
+    shutil.copytree(result.database, logs)
+    provenance = json.loads((logs / "provenance.json").read_text())
+    provenance["tvm_version"] = "0.26.0"
+    (logs / "provenance.json").write_text(json.dumps(provenance))
+    compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
+    assert compiled.tuning["database_sha256"] == "untuned"
+    assert any("TVM version differs" in w for w in compiled.warnings)
+
+
+def test_truncated_record_file_loads_what_is_valid(tuned, tmp_path):
+    copy = tmp_path / "db"
+    shutil.copytree(tuned[1].database, copy)
+    records = copy / RECORD_FILE
+    text = records.read_text()
+    records.write_text(text + text.splitlines()[0][:57])  # a killed job's half-written line
+    warnings = repair(copy)
+    assert len(warnings) == 1 and "line 9" in warnings[0]
+    assert count_records(copy) == 8
+
+
+def test_prune_keeps_best_per_workload(tuned, tmp_path):
+    copy = tmp_path / "db"
+    shutil.copytree(tuned[1].database, copy)
+    before, after = prune(copy, keep=1)
+    assert (before, after) == (8, 2)
+    compiled = run_compile(compose(*_overrides(tuned[0]), f"tuning.database={copy}"))
+    assert compiled.tuning["tasks_tuned"] == 2
+
+
+def test_zero_trials_is_a_config_error():
+    with pytest.raises(ConfigError, match="tuning.trials"):
+        compose("model=ppocr_cls", "tuning=smoke", "tuning.trials=0")
+
+
+def test_cross_target_cannot_be_tuned_here(tiny_dir, tmp_path):
+    job = tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path, "target=aarch64")
+    with pytest.raises(ConfigError, match="aarch64"):
+        run_tune(job)
+
+
+def test_tune_cli_and_mlflow(tiny_dir, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli("compile.tune", "model=file", f"model.path={tiny_dir / 'if_model.onnx'}",
+                   "tuning=smoke", f"paths.tune_logs_dir={tmp_path}/tl", f"tracking.uri={uri}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("tvm-deploy").experiment_id])[0]
+    assert run.info.run_name == "tune/if_model/x86_64"
+    history = client.get_metric_history(run.info.run_id, "est_latency_ms")
+    assert len(history) >= 1 and history[-1].step > 0
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"tasks.csv", "tasks.json", "tuning_curve.png", "database", "config.yaml"} <= names
+    database = {a.path for a in client.list_artifacts(run.info.run_id, "database")}
+    assert "database/database_tuning_record.json" in database
+
+
+def test_bench_job_reports_ours_and_onnxruntime(tuned):
+    from compile.benchmark import run_bench
+    from compile.config import BenchJob
+
+    job, _ = tuned
+    bench = run_bench(compose(*_overrides(job), f"paths.tune_logs_dir={job.paths.tune_logs_dir}",
+                              "bench.runs=20", "bench.threads=[1]",
+                              "bench.baselines=[onnxruntime,untuned]",
+                              config="bench", schema=BenchJob))
+    assert {r.engine for r in bench.rows} == {"tvm", "onnxruntime", "untuned"}
+    for row in bench.rows:
+        assert row.threads == 1
+        assert 0 < row.stats.min_ms <= row.stats.p50_ms <= row.stats.p99_ms
+        assert row.stats.runs >= 3
+    assert set(bench.ratios) == {"onnxruntime", "untuned", "best_peer"}
+    assert bench.tuning["tasks_tuned"] == 2
