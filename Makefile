@@ -23,7 +23,7 @@ $(BASE_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(BASE_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,baselines]'
 	touch $@
 
 # System packages the targets need (cross compiler for aarch64); see scripts/install_system_deps.sh.

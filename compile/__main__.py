@@ -21,6 +21,17 @@ def summary(result: CompileResult) -> str:
         f"time       import {m.get('import_s', 0):.1f} s, passes {m.get('passes_s', 0):.1f} s, "
         f"compile {m.get('compile_s', 0):.1f} s, export {m.get('export_s', 0):.1f} s",
     ]
+    q = result.quantization
+    if q.get("scheme") == "int8":
+        lines.append(f"quant      int8: {q['integer_ops']} conv2d/matmul in integers, "
+                     f"{q['float_nodes']} kept float; library {q['library_bytes'] / 1e6:.2f} MB "
+                     f"= {q['library_vs_fp32_weights']:.2f}x the fp32 weights")
+        lines.append(f"calibrate  {q['calibration']}")
+        if "gate" in q:
+            g = q["gate"]
+            verdict = "passed" if g["passed"] else "FAILED"
+            lines.append(f"gate       {verdict}: {g['metric']} drop {g['drop']:.2%} (max "
+                         f"{g['max_drop']:.2%}) vs float32 on {g['validation']}")
     if v["status"] == "skipped":
         lines.append(f"verify     skipped: {v['reason']}")
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,16 @@ from runner import LatencyStats
 from runner.manifest import read_manifest
 
 from .baselines import onnxruntime_runner, openvino_runner, openvino_version
-from .config import Baseline, BenchJob, host_threads
+from .config import Baseline, BenchJob, QuantScheme, host_threads
 from .errors import ConfigError
 from .job import run_compile
-from .prepare import PreparedModel, database_folder, find_database, prepare_model
+from .prepare import (
+    PreparedModel,
+    database_folder,
+    find_database,
+    prepare_model,
+    variant_path,
+)
 from .targets import host_runnable
 from .tracking import Tracker
 
@@ -61,6 +68,7 @@ class BenchResult:
     tuning: dict[str, Any]
     versions: dict[str, str | None] = field(default_factory=dict)
     run_id: str | None = None
+    ours: str = OURS  # the engine name of the artifact under test ("tvm", "tvm-int8")
 
     def best(self, engine: str) -> BenchRow | None:
         """The engine's fastest row over thread counts (by p50)."""
@@ -70,13 +78,13 @@ class BenchResult:
     @property
     def ratios(self) -> dict[str, float]:
         """ours_p50 / peer_p50 for each peer, best thread count of each (below 1: ours faster)."""
-        ours = self.best(OURS)
+        ours = self.best(self.ours)
         if ours is None:
             return {}
         out = {}
-        for engine in sorted({r.engine for r in self.rows} - {OURS}):
+        for engine in sorted({r.engine for r in self.rows} - {self.ours}):
             out[engine] = ours.stats.p50_ms / self.best(engine).stats.p50_ms
-        peers = [e for e in out if e != "untuned"]
+        peers = [e for e in out if e != "untuned" and not e.startswith(OURS)]
         if peers:
             out["best_peer"] = max(out[e] for e in peers)
         return out
@@ -84,32 +92,52 @@ class BenchResult:
 
 def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path | None:
     """The artifact folder if it was built from this model with the current database."""
-    folder = Path(job.paths.artifacts_dir) / str(job.model.name) / job.target.name
+    folder = variant_path(job.paths.artifacts_dir, str(job.model.name), job.target.name,
+                          job.quant.scheme)
     try:
         manifest = read_manifest(folder)
     except runner.ArtifactError:
         return None
+    quantized = prepared.quantized.settings if prepared.quantized else None
     fresh = (manifest["model"]["onnx_sha256"] == prepared.imported.onnx_sha256
              and manifest["tuning"]["database_sha256"] == sha
              and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
+             and manifest["quantization"].get("settings") == quantized
              and manifest["verification"]["status"] == "passed")
     return folder if fresh else None
+
+
+def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
+    """The job's artifact, compiled first unless a matching one exists (``bench.recompile``)."""
+    prepared = prepare_model(job.model, job.target, job.quant, job.paths)
+    folder = database_folder(job.paths, str(job.model.name), job.target.name, job.quant.scheme,
+                             job.tuning.database)
+    applied, _ = find_database(prepared, folder, explicit=bool(job.tuning.database))
+    artifact = None if job.bench.recompile else _current_artifact(
+        job, prepared, applied.sha256 if applied else "untuned")
+    if artifact is None:
+        log.info("compiling %s for %s (%s) first", job.model.name, job.target.name,
+                 job.quant.scheme.name)
+        artifact = run_compile(job).artifact_dir
+    return artifact, prepared
 
 
 def _timed(name: str, threads: int, fn, cfg, batch: int) -> BenchRow:
     once = runner.time_callable(fn, runs=1, warmup=1)
     runs = max(3, min(cfg.runs, int(cfg.max_s * 1e3 / max(once.p50_ms, 1e-3))))
     stats = runner.time_callable(fn, runs=runs, warmup=cfg.warmup)
-    log.info("%-12s threads=%d p50 %.3f ms (%d runs)", name, threads, stats.p50_ms, runs)
+    log.info("%-16s threads=%d p50 %.3f ms (%d runs)", name, threads, stats.p50_ms, runs)
     return BenchRow(name, threads, stats, batch)
 
 
 def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
     """Benchmark a model's compiled artifact against its peers.
 
-    The artifact in ``artifacts/<model>/<target>`` is used if it was built from the same model
-    bytes, pipeline and tuning database and passed verification; otherwise it is compiled
-    first (the compile job, with verification).
+    The artifact in ``artifacts/<model>/<target>[/<scheme>]`` is used if it was built from the
+    same model bytes, pipeline, quantization and tuning database and passed verification;
+    otherwise it is compiled first (the compile job, with verification). With ``quant=int8`` the
+    rows also hold the float32 artifact and ONNX Runtime/OpenVINO running the same QDQ model
+    with their own int8 kernels.
 
     Returns
     -------
@@ -118,27 +146,26 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
     Raises
     ------
     ConfigError
-        A target this machine cannot run, or a baseline that is not installed.
+        A target this machine cannot run.
     """
     tracker = tracker or Tracker(None)
     cfg = job.bench
     if not host_runnable(job.target):
         raise ConfigError(f"benchmarking target {job.target.name} needs a machine that runs it; "
                           "this one cannot")
-    prepared = prepare_model(job.model, job.target, job.quant.scheme, job.paths)
-    folder = database_folder(job.paths, str(job.model.name), job.target.name,
-                             job.tuning.database)
-    applied, _ = find_database(prepared, folder, explicit=bool(job.tuning.database))
-    sha = applied.sha256 if applied else "untuned"
-    artifact = None if cfg.recompile else _current_artifact(job, prepared, sha)
-    if artifact is None:
-        log.info("compiling %s for %s first", job.model.name, job.target.name)
-        artifact = run_compile(job).artifact_dir
+    artifact, prepared = ensure_artifact(job)
     manifest = read_manifest(artifact)
+    int8 = job.quant.scheme == QuantScheme.int8
+    fp32_artifact = None
+    if int8:
+        fp32_job = replace(job, quant=replace(job.quant, scheme=QuantScheme.none))
+        fp32_artifact, _ = ensure_artifact(fp32_job)
     inputs = prepared.sample.inputs
     onnx_path = prepared.imported.onnx_path
+    qdq_path = prepared.quantized.path if int8 else None
     batch = prepared.imported.inputs[0].shape[0] if prepared.imported.inputs[0].shape else 1
     thread_counts = list(cfg.threads) or sorted({1, host_threads()})
+    ours = f"{OURS}-int8" if int8 else OURS
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as tmp:
         untuned_dir = None
@@ -147,21 +174,27 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
                                   paths=replace(job.paths, artifacts_dir=tmp),
                                   verify=replace(job.verify, enabled=False))
             untuned_dir = run_compile(untuned_job).artifact_dir
+        peers: list[tuple[str, Path, Callable]] = []
+        if Baseline.onnxruntime in cfg.baselines:
+            peers.append(("onnxruntime", onnx_path, onnxruntime_runner))
+            if int8:
+                peers.append(("onnxruntime-int8", qdq_path, onnxruntime_runner))
+        if Baseline.openvino in cfg.baselines:
+            if openvino_version() is None:
+                log.warning("openvino is not installed: no OpenVINO rows "
+                            "(pip install -e '.[baselines]')")
+            else:
+                peers.append(("openvino", onnx_path, openvino_runner))
+                if int8:
+                    peers.append(("openvino-int8", qdq_path, openvino_runner))
         for threads in thread_counts:
             model = runner.load(artifact, num_threads=threads)
-            rows.append(_timed(OURS, threads, lambda: model.run(inputs), cfg, batch))
-            if Baseline.onnxruntime in cfg.baselines:
-                rows.append(_timed("onnxruntime", threads,
-                                   onnxruntime_runner(onnx_path, threads, inputs), cfg, batch))
-            if Baseline.openvino in cfg.baselines:
-                try:
-                    fn = openvino_runner(onnx_path, threads, inputs)
-                except ConfigError:
-                    if threads == thread_counts[0]:
-                        log.warning("openvino is not installed: no OpenVINO row "
-                                    "(pip install -e '.[baselines]')")
-                else:
-                    rows.append(_timed("openvino", threads, fn, cfg, batch))
+            rows.append(_timed(ours, threads, lambda: model.run(inputs), cfg, batch))
+            if fp32_artifact is not None:
+                fp32_model = runner.load(fp32_artifact, num_threads=threads)
+                rows.append(_timed(OURS, threads, lambda: fp32_model.run(inputs), cfg, batch))
+            for name, path, make in peers:
+                rows.append(_timed(name, threads, make(path, threads, inputs), cfg, batch))
             if untuned_dir is not None:
                 slow = runner.load(untuned_dir, num_threads=threads)
                 rows.append(_timed("untuned", threads, lambda: slow.run(inputs), cfg, batch))
@@ -169,7 +202,7 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
                 "onnxruntime": manifest["versions"]["onnxruntime"],
                 "openvino": openvino_version()}
     result = BenchResult(str(job.model.name), job.target.name, rows, artifact,
-                         manifest["tuning"], versions, tracker.run_id)
+                         manifest["tuning"], versions, tracker.run_id, ours)
     _log(tracker, result)
     return result
 
@@ -195,10 +228,10 @@ def _log(tracker: Tracker, result: BenchResult) -> None:
 
 def table(result: BenchResult) -> str:
     """The benchmark as a fixed-width table, one row per engine and thread count."""
-    ours = {r.threads: r for r in result.rows if r.engine == OURS}
+    ours = {r.threads: r for r in result.rows if r.engine == result.ours}
     lines = [f"{'engine':12} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
              f"{'per s':>8} {'ours/this':>9}"]
-    for row in sorted(result.rows, key=lambda r: (r.threads, r.engine != OURS, r.engine)):
+    for row in sorted(result.rows, key=lambda r: (r.threads, r.engine != result.ours, r.engine)):
         ratio = ours[row.threads].stats.p50_ms / row.stats.p50_ms if row.threads in ours else None
         shown = f"{ratio:9.2f}" if ratio else f"{'-':>9}"
         lines.append(f"{row.engine:12} {row.threads:7d} {row.stats.p50_ms:9.3f} "

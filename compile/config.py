@@ -211,11 +211,88 @@ class TuningConfig:
             raise ConfigError(f"tuning.min_weight must be in [0, 1), got {self.min_weight}")
 
 
+class CalibrationMethod(Enum):
+    """ONNX Runtime's calibration methods (``onnxruntime.quantization.CalibrationMethod``)."""
+
+    minmax = "MinMax"
+    percentile = "Percentile"
+    entropy = "Entropy"
+
+
+class Calibrator(Enum):
+    """Who calibrates and inserts QuantizeLinear/DequantizeLinear pairs (QDQ ONNX)."""
+
+    nncf = "nncf"  # OpenVINO's NNCF: min-max ranges plus fast bias correction
+    onnxruntime = "onnxruntime"  # onnxruntime.quantization.quantize_static
+
+
+class DataSource(Enum):
+    """Real sample sets for calibration and validation (``compile.datasets``)."""
+
+    auto = "auto"  # photos for image classifiers, text lines/pages for the OCR models
+    photos = "photos"  # natural photos shipped in a PyPI wheel, random crops and flips
+    text_lines = "text_lines"  # text lines rendered in DejaVu fonts, varied words and sizes
+    text_pages = "text_pages"  # several text lines on a page (text detection)
+    npz = "npz"  # a user's .npz: one array per model input, samples stacked on axis 0
+
+
+@dataclass
+class SampleSetConfig:
+    """A set of real inputs: where they come from and how many.
+
+    ``files`` are members of ``package``'s wheel (photos); ``words`` names a text corpus
+    (``zen``: the Zen of Python, ``stdlib``: docstrings of Python's standard library);
+    ``path`` is the ``.npz`` of ``source=npz``.
+    """
+
+    source: DataSource = DataSource.auto
+    samples: int = 64
+    seed: int = 0
+    package: str | None = None  # "name==version" holding the photos
+    package_sha256: str | None = None
+    files: list[str] = field(default_factory=list)
+    words: str = "zen"
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"quant sample sets need samples >= 1, got {self.samples}")
+
+
 @dataclass
 class QuantConfig:
-    """Quantization of the compile job (``quant=none`` keeps float32)."""
+    """Quantization of the compile job (``quant=none`` keeps float32).
+
+    ``int8``: static post-training quantization by NNCF or ONNX Runtime's calibrator (QDQ),
+    weights int8 symmetric per channel, activations uint8 or int8; the Relax pass
+    ``LowerQDQToInteger`` then computes quantized convolutions and matmuls in integers.
+    ``fp16``/``bf16``: mixed precision for CUDA targets.
+    """
 
     scheme: QuantScheme = QuantScheme.none
+    calibrator: Calibrator = Calibrator.nncf
+    method: CalibrationMethod = CalibrationMethod.minmax
+    percentile: float = 99.999  # method=percentile
+    per_channel: bool = True
+    activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
+    reduce_range: bool = False  # onnxruntime calibrator: 7-bit weights (for ORT's own kernels)
+    calibration: SampleSetConfig = field(default_factory=SampleSetConfig)
+    validation: SampleSetConfig = field(default_factory=SampleSetConfig)
+    max_drop: float = 0.02  # largest accepted task-metric drop against float32
+    exclude: list[str] = field(default_factory=list)  # ONNX node names kept in float
+    keep_float_worst: int = 0  # on a failed gate, keep this many worst layers float and retry
+    verify_cosine: float = 0.98  # int8 vs ONNX Runtime running the same QDQ model
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_drop <= 1.0:
+            raise ConfigError(f"quant.max_drop must be in [0, 1], got {self.max_drop}")
+        if self.activation_type not in ("uint8", "int8"):
+            raise ConfigError("quant.activation_type must be uint8 or int8, got "
+                              f"{self.activation_type!r}")
+        if self.keep_float_worst < 0:
+            raise ConfigError("quant.keep_float_worst must be >= 0")
+        if not 90.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"quant.percentile must be in [90, 100], got {self.percentile}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,7 +222,9 @@ def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
-def import_model(path: Path, config: ModelConfig) -> ImportedModel:
+def import_model(path: Path, config: ModelConfig,
+                 rewrite: Callable[[onnx.ModelProto, list[TensorSpec]], onnx.ModelProto] | None = None,
+                 ) -> ImportedModel:
     """Run the import stage on an ONNX file.
 
     Parameters
@@ -230,6 +233,9 @@ def import_model(path: Path, config: ModelConfig) -> ImportedModel:
         The ONNX file.
     config : ModelConfig
         Input shapes/dtypes and whether to fold constants.
+    rewrite : callable, optional
+        ``rewrite(folded_model, input_specs) -> model`` applied after folding, before the Relax
+        import (quantization inserts its QuantizeLinear/DequantizeLinear pairs here).
 
     Returns
     -------
@@ -252,10 +258,14 @@ def import_model(path: Path, config: ModelConfig) -> ImportedModel:
             f"{_format_unsupported(unsupported)}; replace them before export")
     specs = fixed_input_specs(model, config)
     prepared = fold(model, specs) if config.fold_constants else model
+    if rewrite is not None:
+        prepared = rewrite(prepared, specs)
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+    import_opset = next((o.version for o in prepared.opset_import
+                         if o.domain in _DEFAULT_DOMAINS), opset)
     try:
         mod = _tvm.from_onnx(prepared, shape_dict={s.name: list(s.shape) for s in specs},
-                             dtype_dict={s.name: s.dtype for s in specs}, opset=opset)
+                             dtype_dict={s.name: s.dtype for s in specs}, opset=import_opset)
     except Exception as err:  # TVM's converters raise TVMError/ValueError/NotImplementedError
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         raise UnsupportedModelError(f"TVM could not import {path.name}: {first}") from None

@@ -2,6 +2,11 @@
 
 ``run_compile`` is the library entry point; ``python -m compile`` composes the config with Hydra,
 opens the MLflow run and calls it.
+
+With ``quant=int8`` the artifact is checked twice: against ONNX Runtime running the same QDQ
+model (same quantization, so within one quantization step), and by the accuracy gate against
+the float32 model on the validation set. A failed gate writes the per-layer error report and,
+with ``quant.keep_float_worst=N``, retries once with the N worst layers kept in float.
 """
 
 from __future__ import annotations
@@ -16,10 +21,20 @@ import runner
 from runner.model import host_arch
 
 from . import build as build_stage
+from .accuracy import GateResult, evaluate
 from .artifact import StagedArtifact, build_manifest, package_version, write_json_atomic
-from .config import CompileJob, host_threads
-from .errors import VerificationError
-from .prepare import database_folder, find_database, prepare_model, tuning_section
+from .config import CompileJob, QuantScheme, host_threads
+from .datasets import load_samples
+from .errors import QuantizationError, VerificationError
+from .prepare import (
+    PreparedModel,
+    database_folder,
+    find_database,
+    prepare_model,
+    tuning_section,
+    variant_path,
+)
+from .quantize import layer_report, weights_bytes, worst_layers
 from .samples import answers_agree
 from .targets import check_toolchain, host_runnable, library_arch
 from .tracking import Tracker
@@ -45,22 +60,32 @@ class CompileResult:
     metrics: dict[str, float] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
     run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
-def _verify(job: CompileJob, stage: Path, imported, sample, threads: int) -> dict[str, Any]:
-    """Run the staged artifact through the runner and compare with ONNX Runtime."""
-    session = ort_session(imported.onnx_path, threads)
+def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int) -> dict[str, Any]:
+    """Run the staged artifact through the runner and compare with ONNX Runtime.
+
+    Float models are compared with the source ONNX elementwise; int8 models with the QDQ
+    model (the same quantization) by cosine similarity and the task answer.
+    """
+    imported, sample = prepared.imported, prepared.sample
+    quantized = prepared.quantized
+    reference_path = quantized.path if quantized else imported.onnx_path
+    session = ort_session(reference_path, threads)
     reference = reference_outputs(session, sample.inputs)
     model = runner.load(stage, num_threads=threads)
     ours = model.run(sample.inputs)
-    comparison = compare_outputs(ours, reference, job.model.atol, job.model.rtol)
+    min_cosine = job.quant.verify_cosine if quantized else None
+    comparison = compare_outputs(ours, reference, job.model.atol, job.model.rtol, min_cosine)
     answer = answers_agree(job.model.task, ours, reference, imported.metadata)
     result: dict[str, Any] = {
         "status": "passed" if comparison.passed and answer["agree"] else "failed",
-        "reference": f"onnxruntime {package_version('onnxruntime')} CPUExecutionProvider",
+        "reference": (f"onnxruntime {package_version('onnxruntime')} CPUExecutionProvider"
+                      + (" on the QDQ model" if quantized else "")),
         "input": sample.source,
         "expected": sample.expected,
         **comparison.as_dict(),
@@ -76,6 +101,19 @@ def _verify(job: CompileJob, stage: Path, imported, sample, threads: int) -> dic
                                        job.verify.warmup)
         result["latency"] = {"tvm": ours_lat.as_dict(), "onnxruntime": ort_lat.as_dict(),
                              "threads": threads}
+    return result
+
+
+def _gate(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int) -> GateResult:
+    """The accuracy gate: the staged int8 artifact against ONNX Runtime's float32 model."""
+    validation = load_samples(job.quant.validation, job.model, prepared.imported.inputs,
+                              job.paths.cache_dir)
+    model = runner.load(stage, num_threads=threads)
+    session = ort_session(prepared.imported.onnx_path, threads)
+    log.info("accuracy gate on %d validation samples", len(validation))
+    result = evaluate(job.model.task, model.run, lambda x: reference_outputs(session, x),
+                      validation, prepared.imported.metadata, job.quant.max_drop)
+    result.metrics["validation_samples"] = len(validation)
     return result
 
 
@@ -97,21 +135,35 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
     ------
     PipelineError
         Any expected failure (subclasses name the stage): bad config, model fetch, unsupported
-        model, missing toolchain, build, tuning database or verification. The previous artifact,
-        if any, is left as it was.
+        model, missing toolchain, calibration data, build, tuning database, verification or the
+        accuracy gate. The previous artifact, if any, is left as it was.
     """
     tracker = tracker or Tracker(None)
+    check_toolchain(job.target)  # before any work: a missing cross compiler fails in a second
+    try:
+        return _compile_once(job, tracker, exclude=[])
+    except QuantizationError as err:
+        worst = getattr(err, "worst_layers", None)
+        if not (worst and job.quant.keep_float_worst > 0):
+            raise
+        log.warning("accuracy gate failed; retrying with %d layers in float: %s",
+                    len(worst), worst)
+        return _compile_once(job, tracker, exclude=worst, attempt=2)
+
+
+def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
+                  attempt: int = 1) -> CompileResult:
     threads = job.threads or host_threads()
-    cfg_t, cfg_m = job.target, job.model
-    check_toolchain(cfg_t)  # before any work: a missing cross compiler fails in a second
-    prepared = prepare_model(cfg_m, cfg_t, job.quant.scheme, job.paths, job.dump_ir)
+    cfg_t, cfg_m, scheme = job.target, job.model, job.quant.scheme
+    prepared = prepare_model(cfg_m, cfg_t, job.quant, job.paths, job.dump_ir, exclude)
     imported, metrics = prepared.imported, dict(prepared.metrics)
     before, after = prepared.kernels["legalize"], prepared.kernels["fuse"]
 
     warnings: list[str] = []
     applied = None
     if job.tuning.apply:
-        folder = database_folder(job.paths, str(cfg_m.name), cfg_t.name, job.tuning.database)
+        folder = database_folder(job.paths, str(cfg_m.name), cfg_t.name, scheme,
+                                 job.tuning.database)
         applied, warnings = find_database(prepared, folder, explicit=bool(job.tuning.database))
     mod = applied.mod if applied else prepared.mod
     tuning = tuning_section(applied, after, Path(job.paths.root))
@@ -119,14 +171,19 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
         warnings.append(f"{tuning['tasks_total'] - tuning['tasks_tuned']} of "
                         f"{tuning['tasks_total']} kernels have no tuned schedule: expect ONNX "
                         "Runtime to be faster on CPU (tune with python -m compile.tune)")
+    quantization = _quantization_section(job, prepared, exclude)
 
     built = build_stage.build(mod, cfg_t, prepared.target, job.paths.cache_dir)
     metrics["compile_s"] = built.compile_s
-    final_dir = Path(job.paths.artifacts_dir) / str(cfg_m.name) / cfg_t.name
+    final_dir = variant_path(job.paths.artifacts_dir, str(cfg_m.name), cfg_t.name, scheme)
     with StagedArtifact(final_dir) as stage:
         start = time.perf_counter()
         build_stage.export(built.executable, stage.library, cfg_t)
         metrics["export_s"] = time.perf_counter() - start
+        if prepared.quantized is not None:
+            quantization["library_bytes"] = stage.library.stat().st_size
+            quantization["library_vs_fp32_weights"] = round(
+                quantization["library_bytes"] / quantization["fp32_weights_bytes"], 4)
         pipeline = prepared.pipeline
         manifest_args = dict(
             model_name=str(cfg_m.name), onnx_path=imported.onnx_path,
@@ -136,34 +193,74 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
             device_code=built.device_code,
             pipeline={"name": pipeline.name, "fingerprint": pipeline.fingerprint,
                       "passes": pipeline.pass_names},
-            quantization={"scheme": job.quant.scheme.name}, tuning=tuning)
-        pending = {"status": "pending"}
-        write_json_atomic(stage.manifest, build_manifest(**manifest_args, verification=pending))
-        if job.verify.enabled and host_runnable(cfg_t):
-            verification = _verify(job, stage.path, imported, prepared.sample, threads)
+            quantization=quantization, tuning=tuning)
+        write_json_atomic(stage.manifest, build_manifest(**manifest_args,
+                                                         verification={"status": "pending"}))
+        runnable = job.verify.enabled and host_runnable(cfg_t)
+        if runnable:
+            verification = _verify(job, stage.path, prepared, threads)
         else:
             reason = ("verify.enabled=false" if not job.verify.enabled else
                       f"this machine ({host_arch()}, no {cfg_t.device} runtime) cannot run a "
                       f"{library_arch(cfg_t)} {cfg_t.device} artifact")
             verification = {"status": "skipped", "reason": reason}
+        gate = None
+        if runnable and scheme == QuantScheme.int8 and verification["status"] == "passed":
+            gate = _gate(job, stage.path, prepared, threads)
+            quantization["gate"] = {"passed": gate.passed, "metric": gate.metric_name,
+                                    "drop": gate.drop, "max_drop": gate.max_drop,
+                                    "validation": gate.source, **gate.metrics}
         write_json_atomic(stage.manifest, build_manifest(**manifest_args,
                                                          verification=verification))
         result = CompileResult(str(cfg_m.name), cfg_t.name, final_dir, prepared.target_json,
-                               before, after, metrics, verification, tuning, threads,
-                               tracker.run_id, warnings)
-        _log_run(tracker, job, result, imported, stage.manifest)
+                               before, after, metrics, verification, tuning, quantization,
+                               threads, tracker.run_id, warnings)
+        _log_run(tracker, job, result, imported, stage.manifest, attempt)
         if verification["status"] == "failed":
             raise VerificationError(_failure_line(verification))
+        if gate is not None and not gate.passed:
+            raise _gate_failure(job, prepared, gate, tracker, attempt)
         stage.commit()
     return result
+
+
+def _quantization_section(job: CompileJob, prepared: PreparedModel,
+                          exclude: list[str]) -> dict[str, Any]:
+    if prepared.quantized is None:
+        return {"scheme": job.quant.scheme.name}
+    q = prepared.quantized
+    return {"scheme": "int8", "format": "QDQ (onnxruntime.quantization.quantize_static)",
+            "settings": q.settings, "calibration": prepared.calibration.description,
+            "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
+            "integer_ops": len(prepared.pipeline.integer_ops),
+            "kept_float": sorted({*job.quant.exclude, *exclude}),
+            "fp32_weights_bytes": weights_bytes(prepared.fp32_onnx),
+            "int8_model_weights_bytes": weights_bytes(q.model)}
+
+
+def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult, tracker: Tracker,
+                  attempt: int) -> QuantizationError:
+    validation = load_samples(job.quant.validation, job.model, prepared.imported.inputs,
+                              job.paths.cache_dir)
+    report = layer_report(prepared.fp32_onnx, prepared.quantized.path, validation)
+    tracker.log_dict(report, f"layer_report_attempt{attempt}.json")
+    worst = worst_layers(report, job.quant.keep_float_worst or 3)
+    shown = ", ".join(f"{r['node']} ({r['sqnr_db']:.1f} dB)" for r in report
+                      if r["node"] in worst)
+    error = QuantizationError(
+        f"int8 accuracy gate failed: {gate.metric_name} drop {gate.drop:.2%} > quant.max_drop "
+        f"{gate.max_drop:.2%} on {gate.samples} validation samples; worst layers by SQNR: "
+        f"{shown}; keep them in float with quant.keep_float_worst=N or quant.exclude=[...]")
+    error.worst_layers = worst if attempt == 1 else None  # type: ignore[attr-defined]
+    return error
 
 
 def _failure_line(verification: dict[str, Any]) -> str:
     answer = verification["answer"]
     parts = [f"max abs error {verification['max_abs_err']:.3g} "
-             f"(max rel {verification['max_rel_err']:.3g}) in output "
-             f"'{verification['worst_output']}', tolerance atol={verification['atol']} "
-             f"rtol={verification['rtol']}"]
+             f"(max rel {verification['max_rel_err']:.3g}, cosine "
+             f"{verification['min_cosine']:.5f}) in output '{verification['worst_output']}', "
+             f"tolerance atol={verification['atol']} rtol={verification['rtol']}"]
     if not answer["agree"]:
         parts.append(f"task answer {answer['ours']} vs ONNX Runtime's {answer['reference']}")
     return ("verification against ONNX Runtime failed: " + "; ".join(parts) +
@@ -171,18 +268,27 @@ def _failure_line(verification: dict[str, Any]) -> str:
 
 
 def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
-             manifest_path: Path) -> None:
+             manifest_path: Path, attempt: int) -> None:
     if not tracker.enabled:
         return
     tracker.set_tags({"job": "compile", "model": result.model, "target": result.target,
-                      "verification": result.verification["status"]})
-    tracker.set_tags({"tuning_database": result.tuning["database_sha256"][:16]})
-    tracker.log_params({"model": {"name": result.model, "onnx_sha256": imported.onnx_sha256,
-                                  "opset": imported.opset, "task": job.model.task.name,
-                                  "inputs": [s.to_json() for s in imported.inputs]},
-                        "target": {"name": result.target, "dict": result.target_dict},
-                        "quant": job.quant.scheme.name, "threads": result.threads,
-                        "tuning": {k: v for k, v in result.tuning.items() if k != "untuned_tasks"}})
+                      "verification": result.verification["status"],
+                      "tuning_database": result.tuning["database_sha256"][:16],
+                      "quant": job.quant.scheme.name, "attempt": attempt})
+    quant = result.quantization
+    params: dict[str, Any] = {
+        "model": {"name": result.model, "onnx_sha256": imported.onnx_sha256,
+                  "opset": imported.opset, "task": job.model.task.name,
+                  "inputs": [s.to_json() for s in imported.inputs]},
+        "target": {"name": result.target, "dict": result.target_dict},
+        "quant": {"scheme": job.quant.scheme.name}, "threads": result.threads,
+        "tuning": {k: v for k, v in result.tuning.items() if k != "untuned_tasks"}}
+    if "settings" in quant and attempt == 1:
+        params["quant"] = {"scheme": "int8", **quant["settings"],
+                           "calibration_data": quant["calibration"],
+                           "max_drop": job.quant.max_drop}
+    if attempt == 1:
+        tracker.log_params(params)
     metrics = dict(result.metrics)
     ver = result.verification
     if ver["status"] != "skipped":
@@ -195,7 +301,18 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
                 metrics.update({f"{prefix}_{q}": stats[f"{q}_ms"] for q in ("p50", "p90", "p99")})
             metrics["latency_ratio_vs_ort"] = (latency["tvm"]["p50_ms"] /
                                                latency["onnxruntime"]["p50_ms"])
-    metrics.update(tasks_total=result.tuning["tasks_total"], tasks_tuned=result.tuning["tasks_tuned"])
-    tracker.log_metrics(metrics)
+    metrics.update(tasks_total=result.tuning["tasks_total"],
+                   tasks_tuned=result.tuning["tasks_tuned"])
+    if "settings" in quant:
+        metrics.update({k: quant[k] for k in ("quantized_nodes", "integer_ops",
+                                              "fp32_weights_bytes", "library_bytes")})
+        metrics["library_vs_fp32_weights"] = quant["library_vs_fp32_weights"]
+        if "gate" in quant:
+            gate = quant["gate"]
+            metrics.update({f"gate_{k}": v for k, v in gate.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tracker.log_text(gate["validation"], "validation_data.txt")
+        tracker.log_text(quant["calibration"], "calibration_data.txt")
+    tracker.log_metrics(metrics, step=attempt - 1)
     tracker.log_artifact(manifest_path)
     tracker.log_dict({"op_counts": imported.op_counts}, "onnx_ops.json")

@@ -17,7 +17,7 @@ import tvm
 
 from . import _tvm
 from .config import QuantScheme, TargetConfig, TargetKind
-from .passes import DumpIR
+from .passes import DumpIR, LowerQDQToInteger
 
 relax = _tvm.relax
 
@@ -47,8 +47,15 @@ class Pipeline:
 
     @property
     def pass_names(self) -> list[str]:
-        """Names of the passes in order (``Pass.info.name``)."""
-        return [p.info.name for _, passes in self.phases for p in passes]
+        """Names of the passes in order (``Pass.info.name``), empty placeholders left out."""
+        return [p.info.name for _, passes in self.phases for p in passes
+                if p.info.name != "sequential"]
+
+    @property
+    def integer_ops(self) -> list[str]:
+        """Ops LowerQDQToInteger rewrote in the last run (``conv2d``/``matmul``)."""
+        return [op for _, passes in self.phases for p in passes
+                for op in getattr(p, "rewritten", [])]
 
     @property
     def fingerprint(self) -> str:
@@ -78,11 +85,17 @@ class Pipeline:
 
 
 def graph_passes(quant: QuantScheme) -> list:
-    """Phase 1: graph-level rewrites on Relax operators, before lowering."""
-    del quant  # quantization rewrites join here (see compile/passes/)
+    """Phase 1: graph-level rewrites on Relax operators, before lowering.
+
+    ``int8``: quantized conv2d/matmul into integer compute (QDQ models); ``fp16``: float16
+    compute with float32 accumulation (GPU targets).
+    """
     return [
+        LowerQDQToInteger() if quant == QuantScheme.int8 else tvm.transform.Sequential([]),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
+        (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16
+         else tvm.transform.Sequential([])),
     ]
 
 

@@ -14,11 +14,15 @@ from typing import Any
 
 import tvm
 
+from runner.manifest import sha256_file
+
 from . import _tvm
-from .config import ModelConfig, PathsConfig, QuantScheme, TargetConfig
-from .errors import TuningDatabaseError
+from .config import ModelConfig, PathsConfig, QuantConfig, QuantScheme, TargetConfig, TargetKind
+from .datasets import SampleSet, load_samples
+from .errors import ConfigError, QuantizationError, TuningDatabaseError
 from .importer import ImportedModel, import_model
 from .pipeline import Pipeline, preparation_pipeline
+from .quantize import QuantizedModel, quantize
 from .samples import Sample, make_sample
 from .targets import exported_target, resolve_target
 from .tuning_db import AppliedDatabase, DatabaseKey, apply_database, mismatch, read_provenance
@@ -49,6 +53,9 @@ class PreparedModel:
     mod: tvm.IRModule
     kernels: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
+    quantized: QuantizedModel | None = None
+    fp32_onnx: Any = None  # the folded float model that was quantized (int8)
+    calibration: SampleSet | None = None
 
     @property
     def database_key(self) -> DatabaseKey:
@@ -57,24 +64,60 @@ class PreparedModel:
                            self.target_json, _tvm.TVM_VERSION)
 
 
-def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantScheme,
-                  paths: PathsConfig, dump_ir: str | None = None) -> PreparedModel:
-    """Fetch, import and prepare a model for a target.
+def check_quant_target(quant: QuantConfig, target_cfg: TargetConfig) -> None:
+    """Refuse quantization schemes the target cannot use.
+
+    Raises
+    ------
+    ConfigError
+        fp16/bf16 on a CPU target, or bf16 (TVM 0.27's mixed-precision pass makes float16 only).
+    """
+    if quant.scheme in (QuantScheme.fp16, QuantScheme.bf16) and target_cfg.kind != TargetKind.cuda:
+        raise ConfigError(f"quant={quant.scheme.name} is for CUDA targets; on CPU it runs "
+                          "15-60x slower than float32 (use quant=int8 or quant=none)")
+    if quant.scheme == QuantScheme.bf16:
+        raise ConfigError("quant=bf16 is not supported: TVM 0.27's ToMixedPrecision converts to "
+                          "float16 only; use quant=fp16")
+
+
+def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConfig,
+                  paths: PathsConfig, dump_ir: str | None = None,
+                  exclude: list[str] | None = None) -> PreparedModel:
+    """Fetch, import (quantizing for ``quant=int8``) and prepare a model for a target.
+
+    Parameters
+    ----------
+    exclude : list of str, optional
+        Extra ONNX node names to keep in float (besides ``quant.exclude``).
 
     Raises
     ------
     PipelineError
-        From the stages: config, fetch, unsupported model, target.
+        From the stages: config, fetch, unsupported model, calibration data, target.
     """
+    check_quant_target(quant, target_cfg)
     target = resolve_target(target_cfg)
     metrics: dict[str, float] = {}
     start = time.perf_counter()
     onnx_path = fetch_model(model, paths.cache_dir)
     metrics["fetch_s"] = time.perf_counter() - start
-    imported = import_model(onnx_path, model)
+    quantized: dict[str, Any] = {}
+    rewrite = None
+    if quant.scheme == QuantScheme.int8:
+        onnx_sha256 = sha256_file(onnx_path)
+
+        def rewrite(folded, specs):
+            calibration = load_samples(quant.calibration, model, specs, paths.cache_dir)
+            quantized["fp32"] = folded
+            quantized["calibration"] = calibration
+            quantized["model"] = quantize(folded, onnx_sha256, quant, calibration,
+                                          paths.cache_dir, sorted({*quant.exclude, *(exclude or [])}))
+            return quantized["model"].model
+
+    imported = import_model(onnx_path, model, rewrite)
     metrics["import_s"] = imported.import_s
     sample = make_sample(model, imported.inputs)
-    pipeline = preparation_pipeline(target_cfg, quant, dump_ir)
+    pipeline = preparation_pipeline(target_cfg, quant.scheme, dump_ir)
     start = time.perf_counter()
     mod, kernels = pipeline.run(imported.mod, target)
     metrics["passes_s"] = time.perf_counter() - start
@@ -82,14 +125,24 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantSche
     metrics["kernels_after_fusion"] = kernels["fuse"]
     log.info("%s: %d kernels before fusion, %d after", model.name, kernels["legalize"],
              kernels["fuse"])
+    if quant.scheme == QuantScheme.int8 and not pipeline.integer_ops:
+        raise QuantizationError(f"nothing was computed in integers: no quantized Conv/MatMul/Gemm "
+                                f"of {model.name} matched LowerQDQToInteger's patterns")
     return PreparedModel(target, exported_target(target), imported, sample, pipeline, mod,
-                         kernels, metrics)
+                         kernels, metrics, quantized.get("model"), quantized.get("fp32"),
+                         quantized.get("calibration"))
 
 
-def database_folder(paths: PathsConfig, model: str, target: str,
+def variant_path(root: str | Path, model: str, target: str, quant: QuantScheme) -> Path:
+    """``<root>/<model>/<target>``, plus ``/<scheme>`` for quantized variants."""
+    path = Path(root) / model / target
+    return path if quant == QuantScheme.none else path / quant.name
+
+
+def database_folder(paths: PathsConfig, model: str, target: str, quant: QuantScheme,
                     explicit: str | None = None) -> Path:
-    """The tuning database folder: ``tuning.database`` or ``tune_logs/<model>/<target>``."""
-    return Path(explicit) if explicit else Path(paths.tune_logs_dir) / model / target
+    """The tuning database: ``tuning.database`` or ``tune_logs/<model>/<target>[/<scheme>]``."""
+    return Path(explicit) if explicit else variant_path(paths.tune_logs_dir, model, target, quant)
 
 
 def find_database(prepared: PreparedModel, folder: Path,

@@ -135,21 +135,31 @@ def ppocr_tensor(image: Image.Image) -> np.ndarray:
     return ((array - 0.5) / 0.5).transpose(2, 0, 1)[None].astype(np.float32).copy()
 
 
-def text_line_tensor(text: str, height: int, width: int) -> np.ndarray:
+def text_line_tensor(text: str, height: int, width: int,
+                     font: ImageFont.FreeTypeFont | None = None) -> np.ndarray:
     """Render one text line and lay it out as rapidocr's recognizer/classifier input.
 
     The line is rendered at its natural width, resized to ``height`` keeping its aspect ratio
     (at most ``width`` wide) and right-padded with zeros (rapidocr ``resize_norm_img``).
+
+    Parameters
+    ----------
+    text : str
+    height, width : int
+        The model's input size, pixels.
+    font : PIL.ImageFont.FreeTypeFont, optional
+        DejaVu Sans 32 px when omitted.
 
     Returns
     -------
     numpy.ndarray
         float32, shape ``[1, 3, height, width]``.
     """
-    font = _font(32)
+    font = font or _font(32)
     left, top, right, bottom = font.getbbox(text)
-    line = Image.new("RGB", (right + 16, 48), (255, 255, 255))
-    ImageDraw.Draw(line).text((8, (48 - (bottom + top)) // 2), text, fill=(20, 20, 20),
+    line_h = max(48, bottom + 16)
+    line = Image.new("RGB", (right + 16, line_h), (255, 255, 255))
+    ImageDraw.Draw(line).text((8, (line_h - (bottom + top)) // 2), text, fill=(20, 20, 20),
                               font=font)
     resized_w = min(width, int(np.ceil(height * line.width / line.height)))
     line = line.resize((resized_w, height), Image.BILINEAR)

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -365,9 +366,9 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     # Candidates are timed in worker processes: size their TVM thread pool like the target.
     os.environ["TVM_NUM_THREADS"] = str(threads)
     hide_torch_from_workers(job.paths.cache_dir)
-    prepared = prepare_model(job.model, job.target, job.quant.scheme, job.paths, job.dump_ir)
+    prepared = prepare_model(job.model, job.target, job.quant, job.paths, job.dump_ir)
     model, target_name = str(job.model.name), job.target.name
-    folder = database_folder(job.paths, model, target_name, cfg.database)
+    folder = database_folder(job.paths, model, target_name, job.quant.scheme, cfg.database)
     old = read_provenance(folder)
     if old is not None:
         problem = mismatch(old, prepared.database_key)
@@ -411,6 +412,11 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
         _tvm.register_tensor_intrinsics(family)
         scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
+        # Builder workers leave one temporary folder per candidate: keep them in the scratch.
+        temp = scratch / "tmp"
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        os.environ["TMPDIR"] = str(temp)
         _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
@@ -432,6 +438,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         finally:
             progress.close()
             save()
+            shutil.rmtree(temp, ignore_errors=True)
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
                         sum(s.trials for s in stats), wall_s, progress.curve,

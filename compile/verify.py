@@ -43,8 +43,10 @@ class Comparison:
     """Elementwise comparison of two sets of outputs.
 
     ``passed`` means every element satisfies ``|ours - ref| <= atol + rtol * |ref|``
-    (``numpy.allclose``'s rule). ``max_rel_err`` is ``max |ours - ref| / max |ref|`` over the
-    worst output: the error relative to the output's scale.
+    (``numpy.allclose``'s rule), or, when a cosine threshold is given, that every output's
+    cosine similarity with the reference reaches it. ``max_rel_err`` is
+    ``max |ours - ref| / max |ref|`` over the worst output: the error relative to the output's
+    scale.
     """
 
     max_abs_err: float
@@ -54,6 +56,7 @@ class Comparison:
     atol: float
     rtol: float
     per_output: dict
+    min_cosine: float = 1.0
 
     def as_dict(self) -> dict:
         """Return the comparison as JSON data."""
@@ -61,7 +64,7 @@ class Comparison:
 
 
 def compare_outputs(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-                    atol: float, rtol: float) -> Comparison:
+                    atol: float, rtol: float, min_cosine: float | None = None) -> Comparison:
     """Compare outputs by name.
 
     Parameters
@@ -70,6 +73,9 @@ def compare_outputs(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray
         Same names, shapes and dtypes.
     atol, rtol : float
         Tolerances, see :class:`Comparison`.
+    min_cosine : float, optional
+        Judge by cosine similarity instead (quantized models: a rounding decision flipped by
+        float noise in one layer moves later layers by whole quantization steps).
 
     Raises
     ------
@@ -79,7 +85,7 @@ def compare_outputs(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray
     if list(ours) != list(reference):
         raise ValueError(f"output names differ: {list(ours)} vs {list(reference)}")
     per_output = {}
-    worst, worst_abs, worst_rel, passed = "", 0.0, 0.0, True
+    worst, worst_abs, worst_rel, passed, lowest_cos = "", 0.0, 0.0, True, 1.0
     for name, ref in reference.items():
         got = ours[name]
         if got.shape != ref.shape:
@@ -88,9 +94,16 @@ def compare_outputs(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         max_abs = float(diff.max()) if diff.size else 0.0
         rel = max_abs / scale if scale > 0 else max_abs
-        ok = bool(np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))))
-        per_output[name] = {"max_abs_err": max_abs, "max_rel_err": rel, "passed": ok}
+        a, b = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+        cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+        lowest_cos = min(lowest_cos, cosine)
+        if min_cosine is None:
+            ok = bool(np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))))
+        else:
+            ok = cosine >= min_cosine
+        per_output[name] = {"max_abs_err": max_abs, "max_rel_err": rel, "cosine": cosine,
+                            "passed": ok}
         passed &= ok
         if max_abs >= worst_abs:
             worst, worst_abs, worst_rel = name, max_abs, rel
-    return Comparison(worst_abs, worst_rel, worst, passed, atol, rtol, per_output)
+    return Comparison(worst_abs, worst_rel, worst, passed, atol, rtol, per_output, lowest_cos)

@@ -1,0 +1,184 @@
+"""LowerQDQToInteger: TVMScript Before/Expected, and a tiny QDQ model against ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import relax as R
+
+from compile.passes import LowerQDQToInteger
+
+RNG = np.random.default_rng(3)
+W_CONV = RNG.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+S_W_CONV = np.array([0.01, 0.02, 0.015, 0.03], np.float32)
+Z_W_CONV = np.zeros(4, np.int8)
+B_CONV = RNG.integers(-500, 500, 4).astype(np.int32)
+S_X, Z_X, S_Y, Z_Y = 0.05, 120, 0.1, 3
+
+W_MM = RNG.integers(-127, 128, (6, 8)).astype(np.int8)  # Gemm weight [N, K] (transB)
+S_W_MM = np.linspace(0.01, 0.02, 6).astype(np.float32)
+Z_W_MM = np.zeros(6, np.int8)
+B_MM = RNG.integers(-300, 300, 6).astype(np.int32)
+
+
+@tvm.script.ir_module
+class ConvBefore:
+    @R.function
+    def main(x: R.Tensor((1, 3, 8, 8), "uint8")) -> R.Tensor((1, 4, 8, 8), "uint8"):
+        with R.dataflow():
+            dx = R.dequantize(x, R.const(S_X, "float32"), R.const(Z_X, "uint8"), axis=1)
+            dw = R.dequantize(R.const(W_CONV), R.const(S_W_CONV), R.const(Z_W_CONV), axis=0)
+            conv = R.nn.conv2d(dx, dw, padding=[1, 1, 1, 1])
+            db = R.dequantize(R.const(B_CONV), R.const(S_X * S_W_CONV), R.const(0, "int32"),
+                              axis=0)
+            bias = R.reshape(db, R.shape([1, 4, 1, 1]))
+            act = R.nn.relu(R.add(conv, bias))
+            y = R.quantize(act, R.const(S_Y, "float32"), R.const(Z_Y, "uint8"), axis=1,
+                           out_dtype="uint8")
+            R.output(y)
+        return y
+
+
+def conv_expected_constants():
+    sums = W_CONV.astype(np.int64).sum(axis=(1, 2, 3))
+    scale = S_X * S_W_CONV.astype(np.float64)
+    bias = np.round(B_CONV * (S_X * S_W_CONV).astype(np.float64) / scale)
+    offset = (bias - Z_X * sums).astype(np.int32).reshape(1, 4, 1, 1)
+    multiplier = (scale / S_Y).astype(np.float32).reshape(1, 4, 1, 1)
+    return offset, multiplier
+
+
+OFFSET_CONV, MULT_CONV = conv_expected_constants()
+
+
+@tvm.script.ir_module
+class ConvExpected:
+    @R.function
+    def main(x: R.Tensor((1, 3, 8, 8), "uint8")) -> R.Tensor((1, 4, 8, 8), "uint8"):
+        with R.dataflow():
+            # The float zero pad is the zero point in the quantized domain.
+            padded = R.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], "constant", float(Z_X))
+            acc = R.nn.conv2d(padded, R.const(W_CONV), padding=[0, 0, 0, 0], out_dtype="int32")
+            acc2 = R.add(acc, R.const(OFFSET_CONV))
+            value = R.round(R.multiply(R.astype(acc2, "float32"), R.const(MULT_CONV)))
+            clipped = R.clip(R.add(value, R.const(np.float32(Z_Y))), Z_Y, 255)  # ReLU: >= z_y
+            y = R.astype(clipped, "uint8")
+            R.output(y)
+        return y
+
+
+@tvm.script.ir_module
+class GemmBefore:
+    @R.function
+    def main(x: R.Tensor((2, 8), "int8")) -> R.Tensor((2, 6), "int8"):
+        with R.dataflow():
+            dx = R.dequantize(x, R.const(S_X, "float32"), R.const(0, "int8"))
+            dw = R.dequantize(R.const(W_MM), R.const(S_W_MM), R.const(Z_W_MM), axis=0)
+            mm = R.matmul(dx, R.permute_dims(dw))
+            db = R.dequantize(R.const(B_MM), R.const(S_X * S_W_MM), R.const(0, "int32"))
+            y = R.quantize(R.add(mm, db), R.const(S_Y, "float32"), R.const(0, "int8"),
+                           out_dtype="int8")
+            R.output(y)
+        return y
+
+
+MULT_MM = (S_X * S_W_MM.astype(np.float64) / S_Y).astype(np.float32).reshape(6)
+OFFSET_MM = np.round(B_MM * (S_X * S_W_MM).astype(np.float64) /
+                     (S_X * S_W_MM.astype(np.float64))).astype(np.int32).reshape(6)
+
+
+@tvm.script.ir_module
+class GemmExpected:
+    @R.function
+    def main(x: R.Tensor((2, 8), "int8")) -> R.Tensor((2, 6), "int8"):
+        with R.dataflow():
+            acc = R.matmul(x, R.const(np.ascontiguousarray(W_MM.T)), out_dtype="int32")
+            acc2 = R.add(acc, R.const(OFFSET_MM))
+            value = R.round(R.multiply(R.astype(acc2, "float32"), R.const(MULT_MM)))
+            clipped = R.clip(R.add(value, R.const(np.float32(0.0))), -128, 127)
+            y = R.astype(clipped, "int8")
+            R.output(y)
+        return y
+
+
+@pytest.mark.parametrize("before, expected, ops", [
+    (ConvBefore, ConvExpected, ["conv2d"]),
+    (GemmBefore, GemmExpected, ["matmul"]),
+])
+def test_rewrite_matches_expected(before, expected, ops):
+    lower = LowerQDQToInteger()
+    after = lower(before)
+    tvm.ir.assert_structural_equal(after, relax.transform.Normalize()(expected))
+    assert lower.rewritten == ops
+
+
+def test_asymmetric_weights_are_left_alone():
+    @tvm.script.ir_module
+    class Asymmetric:
+        @R.function
+        def main(x: R.Tensor((2, 8), "int8")) -> R.Tensor((2, 6), "int8"):
+            with R.dataflow():
+                dx = R.dequantize(x, R.const(S_X, "float32"), R.const(0, "int8"))
+                dw = R.dequantize(R.const(W_MM), R.const(S_W_MM),
+                                  R.const(np.full(6, 3, np.int8)), axis=0)
+                mm = R.matmul(dx, R.permute_dims(dw))
+                y = R.quantize(mm, R.const(S_Y, "float32"), R.const(0, "int8"), out_dtype="int8")
+                R.output(y)
+            return y
+
+    lower = LowerQDQToInteger()
+    tvm.ir.assert_structural_equal(lower(Asymmetric), Asymmetric)
+    assert lower.rewritten == []
+
+
+def _run(mod, x):
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("before", [ConvBefore, GemmBefore])
+def test_integer_result_equals_fake_quant_within_one_step(before):
+    shape = [int(d) for d in before["main"].params[0].ty.shape.values]
+    dtype = str(before["main"].params[0].ty.dtype)
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, shape).astype(dtype)
+    fake = _run(before, x).astype(np.int32)
+    integer = _run(LowerQDQToInteger()(before), x).astype(np.int32)
+    assert np.abs(fake - integer).max() <= 1
+    assert (fake == integer).mean() > 0.95
+
+
+def test_tiny_qdq_model_matches_onnxruntime(tiny_dir, tmp_path):
+    """conv-bn-relu quantized by ONNX Runtime: integer result equals ORT's QDQ evaluation."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from compile.quantize import _reader
+    from compile.datasets import SampleSet
+
+    calib = SampleSet([{"x": RNG.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}
+                       for _ in range(16)], "uniform noise")
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(str(tiny_dir / "conv_bn_relu.onnx"), str(qdq), _reader(calib),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    from tvm.relax.frontend.onnx import from_onnx
+
+    lower = LowerQDQToInteger()
+    mod = lower(from_onnx(onnx.load(str(qdq)), shape_dict={"x": [1, 3, 16, 16]}))
+    assert lower.rewritten == ["conv2d", "conv2d"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq), options)
+    step = max(float(onnx.numpy_helper.to_array(i).max()) for i in onnx.load(str(qdq)).graph.initializer
+               if i.name == "y_scale")
+    for seed in range(3):
+        x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+        diff = np.abs(_run(mod, x) - session.run(None, {"x": x})[0])
+        assert diff.max() <= step * 1.001  # integer-exact or one quantization step

@@ -1,0 +1,126 @@
+"""quant=int8 in the compile job: calibration data checks, the accuracy gate, the manifest."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from compile.errors import ConfigError, QuantizationError
+from compile.job import run_compile
+from runner.manifest import read_manifest
+
+from . import models
+from .conftest import assert_one_line_error, compose, run_cli
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """Calibration and validation arrays for conv_bn_relu (input x [1, 3, 16, 16])."""
+    folder = tmp_path_factory.mktemp("npz")
+    for name, seed, count in (("cal", 0, 32), ("val", 1, 12)):
+        rng = np.random.default_rng(seed)
+        np.savez(folder / f"{name}.npz", x=rng.uniform(-1, 1, (count, 1, 3, 16, 16)).astype("f4"))
+    return folder
+
+
+def int8_overrides(npz_dir, *extra):
+    return ["quant=int8", "quant.calibration.source=npz", f"quant.calibration.path={npz_dir}/cal.npz",
+            "quant.validation.source=npz", f"quant.validation.path={npz_dir}/val.npz", *extra]
+
+
+@pytest.mark.parametrize("calibrator", ["nncf", "onnxruntime"])
+def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator):
+    job = job_for(tiny_dir / "conv_bn_relu.onnx",
+                  *int8_overrides(npz, f"quant.calibrator={calibrator}", "quant.max_drop=0.05"))
+    result = run_compile(job)
+    assert result.artifact_dir.name == "int8" and result.artifact_dir.parent.name == "x86_64"
+    assert result.verification["status"] == "passed"
+    assert result.verification["min_cosine"] >= 0.98
+    quant = read_manifest(result.artifact_dir)["quantization"]
+    assert quant["scheme"] == "int8" and quant["integer_ops"] == 2
+    assert quant["settings"]["calibrator"] == calibrator
+    assert quant["gate"]["passed"] and quant["gate"]["metric"] == "cosine"
+    assert "32 samples" in quant["calibration"] and "12 samples" in quant["gate"]["validation"]
+
+
+def test_gate_fails_with_too_strict_threshold(tiny_dir, job_for, npz, tmp_path):
+    job = job_for(tiny_dir / "conv_bn_relu.onnx", *int8_overrides(npz, "quant.max_drop=0.0"))
+    with pytest.raises(QuantizationError, match=r"accuracy gate failed: cosine drop .* worst layers"):
+        run_compile(job)
+    assert not (tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8").exists()
+
+
+def test_gate_failure_cli_one_line(tiny_dir, npz, tmp_path):
+    proc = run_cli("compile", "model=file", f"model.path={tiny_dir / 'conv_bn_relu.onnx'}",
+                   *int8_overrides(npz, "quant.max_drop=0.0"), f"paths.artifacts_dir={tmp_path}",
+                   "tracking=off")
+    assert_one_line_error(proc, "accuracy gate failed", "keep_float_worst")
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda d: {}, "needs path"),
+    (lambda d: {"path": str(d / "missing.npz")}, "does not exist"),
+    (lambda d: {"path": str(d / "wrong.npz")}, "samples of 'x' have shape [3, 8, 8]"),
+    (lambda d: {"path": str(d / "empty.npz")}, "same number (>0)"),
+    (lambda d: {"path": str(d / "other.npz")}, "no array for input(s) ['x']"),
+])
+def test_bad_calibration_data_fails_before_any_work(tiny_dir, job_for, tmp_path, setup, needle):
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 8, 8), "f4"))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 3, 16, 16), "f4"))
+    np.savez(tmp_path / "other.npz", y=np.zeros((4, 1, 3, 16, 16), "f4"))
+    path = setup(tmp_path).get("path")
+    job = job_for(tiny_dir / "conv_bn_relu.onnx", "quant=int8", "quant.calibration.source=npz",
+                  *([f"quant.calibration.path={path}"] if path else []))
+    with pytest.raises(QuantizationError, match=re.escape(needle)):
+        run_compile(job)
+
+
+def test_model_without_task_needs_calibration_data(tiny_dir, job_for):
+    job = job_for(tiny_dir / "conv_bn_relu.onnx", "quant=int8")
+    with pytest.raises(QuantizationError, match="source=npz"):
+        run_compile(job)
+
+
+def test_nothing_to_quantize_is_said(tmp_path, job_for, npz):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "x"], ["y"])],
+        "no_weights", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])])
+    path = models.save(models.finish(graph), tmp_path, "no_weights")
+    with pytest.raises(QuantizationError, match="nothing to quantize"):
+        run_compile(job_for(path, *int8_overrides(npz)))
+
+
+@pytest.mark.parametrize("override", ["quant.max_drop=1.5", "quant.max_drop=-0.1"])
+def test_max_drop_out_of_range(override):
+    with pytest.raises(ConfigError, match="max_drop"):
+        compose("model=ppocr_cls", "quant=int8", override)
+
+
+def test_fp16_is_for_cuda_and_bf16_is_refused(tiny_dir, job_for):
+    with pytest.raises(ConfigError, match="CUDA targets"):
+        run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "quant=fp16"))
+    with pytest.raises(ConfigError, match="float16 only"):
+        run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "quant=bf16", "target=cuda_sm80"))
+
+
+def test_fp16_cuda_build_has_half_kernels(tiny_dir, job_for, tmp_path):
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    dump = tmp_path / "ir"
+    result = run_compile(job_for(tiny_dir / "matmul_gelu_layernorm.onnx", "quant=fp16",
+                                 "target=cuda_sm80", f"dump_ir={dump}"))
+    manifest = read_manifest(result.artifact_dir)
+    assert result.artifact_dir.name == "fp16"
+    assert manifest["quantization"]["scheme"] == "fp16"
+    assert "ToMixedPrecision" in manifest["pipeline"]["passes"]
+    assert manifest["library"]["device_code"]["format"] == "fatbin"
+    fused = (dump / "03_fuse.py").read_text()
+    assert 'matmul' in fused and '"float16"' in fused  # the matmul kernel computes in half
+    assert json.dumps(manifest)
