@@ -189,6 +189,7 @@ class TuningConfig:
     patience: int = 64  # a task converged after this many trials without a 1 % gain
     keep_per_workload: int = 1  # records kept per workload after a run (0: keep all)
     timeout_s: float = 30.0  # per-candidate measurement timeout
+    reuse: bool = True  # start from other models' records of identical kernels (same target)
     database: str | None = None  # null: tune_logs/<model>/<target>
     apply: bool = True  # the compile job applies a matching database
 

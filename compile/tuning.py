@@ -33,6 +33,7 @@ from .tuning_db import (
     RECORD_FILE,
     WORKLOAD_FILE,
     count_records,
+    import_shared_records,
     mismatch,
     open_database,
     prune,
@@ -113,6 +114,7 @@ class TuneResult:
     records_kept: int = 0
     run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    reused: dict[str, int] = field(default_factory=dict)  # task -> records from other models
 
     @property
     def trials_per_min(self) -> float:
@@ -174,6 +176,16 @@ def _task_stats(tasks: list[Any], provenance: dict[str, Any]) -> list[TaskStats]
                                best_us=before.get("best_us"),
                                since_improvement=int(before.get("since_improvement", 0))))
     return stats
+
+
+def _best_us(database: Any, tasks: list[Any], name: str) -> float | None:
+    """Fastest record of a task in the database, microseconds."""
+    task = next(t for t in tasks if t.task_name == name)
+    records = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+    if not records or not records[0].run_secs:
+        return None
+    secs = [float(s) for s in records[0].run_secs]
+    return sum(secs) / len(secs) * 1e6
 
 
 def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
@@ -380,7 +392,12 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)
     if not tasks:
         raise ConfigError(f"{model} has no kernels to tune for {target_name}")
+    reused = (import_shared_records(database, tasks, folder, Path(job.paths.tune_logs_dir),
+                                    prepared.target_json) if cfg.reuse else {})
     stats = _task_stats(tasks, old or {})
+    for task in stats:
+        if task.name in reused and task.best_us is None:
+            task.best_us = _best_us(database, tasks, task.name)
     chosen = _select(stats, cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_info: dict[str, Any] = {"started_at": started, "mlflow_run_id": tracker.run_id,
@@ -406,6 +423,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json},
                         "tasks_total": len(stats), "tasks_tuned_this_run": len(chosen),
+                        "tasks_reused": len(reused),
                         "trials_before": trials_before, "threads": threads})
     progress = _Progress(stats, chosen, cfg, tracker, save, trials_before)
     if chosen:
@@ -442,7 +460,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
                         sum(s.trials for s in stats), wall_s, progress.curve,
-                        run_id=tracker.run_id, warnings=warnings)
+                        run_id=tracker.run_id, warnings=warnings, reused=reused)
     for task in stats:
         if task.trials_run and task.build_errors + task.run_errors == task.trials_run:
             result.warnings.append(f"task {task.name}: all {task.trials_run} candidates failed "

@@ -273,3 +273,54 @@ def apply_database(mod: tvm.IRModule, target: tvm.target.Target, folder: Path) -
     runs = provenance.get("runs") or [{}]
     return AppliedDatabase(tuned, folder, files_sha256(folder), len(names),
                            len(names) - len(untuned), untuned, runs[-1].get("mlflow_run_id"))
+
+
+def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_logs: Path,
+                          target: dict, top_k: int = 1) -> dict[str, int]:
+    """Copy the best records of workloads other models share, from their databases.
+
+    Databases under ``tune_logs`` tuned for the same target dict and TVM version are searched
+    for each task's workload (structural equality, so the kernel, not the model, must match).
+
+    Parameters
+    ----------
+    database : ms.database.JSONDatabase
+        The job's database (records are committed to it).
+    tasks : list of ExtractedTask
+    folder : Path
+        The job's own database folder (skipped).
+    tune_logs : Path
+    target : dict
+        The job's exported target.
+    top_k : int
+        Records copied per shared workload.
+
+    Returns
+    -------
+    dict of str to int
+        Task name -> records copied.
+    """
+    copied: dict[str, int] = {}
+    for provenance_path in sorted(tune_logs.glob(f"**/{PROVENANCE_FILE}")):
+        other = provenance_path.parent
+        if other.resolve() == folder.resolve():
+            continue
+        try:
+            provenance = json.loads(provenance_path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if provenance.get("target") != target or provenance.get("tvm_version") != _tvm.TVM_VERSION:
+            continue
+        source = open_database(other)
+        for task in tasks:
+            mod = task.dispatched[0]
+            if database.has_workload(mod) or not source.has_workload(mod):
+                continue
+            workload = database.commit_workload(mod)
+            for record in source.get_top_k(source.commit_workload(mod), top_k):
+                database.commit_tuning_record(_tvm.ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info))
+                copied[task.task_name] = copied.get(task.task_name, 0) + 1
+        if copied:
+            log.info("reused records from %s for %d task(s)", other, len(copied))
+    return copied

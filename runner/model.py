@@ -61,10 +61,14 @@ def _import_tvm_runtime(num_threads: int | None):
     import tvm.runtime.vm  # noqa: F401  (not imported by ``import tvm`` in runtime-only mode)
 
     if loaded and num_threads:
-        # Affinity mode -2 takes an explicit CPU list: the CPUs this process may use.
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        cpus = [str(c) for c in (cpus or range(num_threads))][:num_threads]
+        # Affinity mode -2 pins one worker per listed CPU, and the calling thread too: restore
+        # the caller's mask, or everything it starts later (ONNX Runtime's threads, say) would
+        # inherit a single CPU.
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        cpus = [str(c) for c in (sorted(allowed) or range(num_threads))][:num_threads]
         tvm.get_global_func("runtime.config_threadpool")(-2, num_threads, cpus)
+        if allowed:
+            os.sched_setaffinity(0, allowed)
     return tvm
 
 

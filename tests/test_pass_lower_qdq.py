@@ -159,8 +159,8 @@ def test_tiny_qdq_model_matches_onnxruntime(tiny_dir, tmp_path):
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from compile.quantize import _reader
     from compile.datasets import SampleSet
+    from compile.quantize import _reader
 
     calib = SampleSet([{"x": RNG.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}
                        for _ in range(16)], "uniform noise")

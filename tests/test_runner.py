@@ -121,3 +121,11 @@ def test_cli_tampered_one_line(artifact_copy):
         handle.write(b"\0")
     proc = run_cli("runner", str(artifact_copy))
     assert_one_line_error(proc, "does not match the manifest")
+
+
+def test_thread_count_leaves_the_callers_cpus_alone(tiny_artifact):
+    import os
+
+    before = os.sched_getaffinity(0)
+    runner.load(tiny_artifact, num_threads=1).run({"x": np.zeros((1, 3, 16, 16), np.float32)})
+    assert os.sched_getaffinity(0) == before

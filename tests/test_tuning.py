@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from compile.errors import ConfigError, TuningDatabaseError
@@ -173,3 +174,29 @@ def test_bench_job_reports_ours_and_onnxruntime(tuned):
         assert row.stats.runs >= 3
     assert set(bench.ratios) == {"onnxruntime", "untuned", "best_peer"}
     assert bench.tuning["tasks_tuned"] == 2
+
+
+def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
+    """A second model with the same first kernel starts from the first model's record."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from . import models
+
+    job, result = tuned
+    logs = tmp_path / "tune_logs"
+    shutil.copytree(result.database, logs / "conv_bn_relu" / "x86_64")
+    base = models.conv_bn_relu()
+    graph = base.graph
+    w2 = numpy_helper.from_array(np.ones((2, 8, 1, 1), np.float32), "w2")
+    nodes = list(graph.node)
+    inits = [i for i in graph.initializer if i.name != "w2"] + [w2]
+    other = helper.make_graph(nodes, "other", list(graph.input),
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+                              inits)
+    path = models.save(models.finish(other), tmp_path, "other_head")
+    again = run_tune(compose("model=file", f"model.path={path}", "tuning=smoke",
+                             f"paths.tune_logs_dir={logs}", f"paths.cache_dir={CACHE_DIR}",
+                             "tracking=off", "tuning.trials=2", "tuning.max_trials_per_task=1"))
+    assert list(again.reused.values()) == [1]
+    shared = next(t for t in again.tasks if t.name in again.reused)
+    assert shared.best_us is not None
