@@ -36,6 +36,7 @@ from .tuning_db import (
     import_shared_records,
     mismatch,
     open_database,
+    pack,
     prune,
     read_provenance,
     repair,
@@ -491,6 +492,7 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
         before, result.records_kept = prune(folder, job.tuning.keep_per_workload)
     else:
         result.records_kept = before
+    pack(folder)
     tracker.log_artifact(folder / "provenance.json", "database")
     metrics = {"trials_run": result.trials_run, "trials_total": result.trials_total,
                "tuning_wall_s": result.wall_s, "trials_per_min": result.trials_per_min,

@@ -5,10 +5,15 @@
 run_secs, target, args_info]]``, appended as measured) and ``provenance.json``. A database is
 used only for the model bytes, preparation pipeline, target and TVM version it was tuned for
 (MetaSchedule applies records to any target without checking, ../shared/TVM_0_27.md).
+
+The repository keeps gzip copies (``*.json.gz``, 10-15x smaller: each workload line is base64 of
+indented JSON); :func:`ensure_plain` unpacks them where MetaSchedule needs plain files, and
+:func:`pack` writes them after a tuning run.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -92,6 +97,32 @@ def write_provenance(folder: Path, provenance: dict[str, Any]) -> None:
     write_json_atomic(folder / PROVENANCE_FILE, provenance)
 
 
+def ensure_plain(folder: Path) -> None:
+    """Unpack ``*.json.gz`` database files that are newer than (or lack) their plain copy."""
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        packed, plain = folder / f"{name}.gz", folder / name
+        if packed.is_file() and (not plain.is_file()
+                                 or packed.stat().st_mtime > plain.stat().st_mtime):
+            with gzip.open(packed, "rb") as handle:
+                data = handle.read()
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, plain)
+
+
+def pack(folder: Path) -> None:
+    """Write gzip copies of the database files (the form the repository keeps)."""
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        plain = folder / name
+        if not plain.is_file():
+            continue
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.gz.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            out.write(plain.read_bytes())
+        os.replace(tmp, folder / f"{name}.gz")
+
+
 def _valid_line(line: str) -> bool:
     try:
         json.loads(line)
@@ -128,6 +159,7 @@ def repair(folder: Path) -> list[str]:
     TuningDatabaseError
         A workload line in the middle of its file is unreadable.
     """
+    ensure_plain(folder)
     warnings: list[str] = []
     workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
     workloads: list[str] = []
@@ -183,6 +215,7 @@ def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
     (before, after) : tuple of int
         Number of records before and after.
     """
+    ensure_plain(folder)
     workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
     if not record_path.is_file():
         return 0, 0
@@ -207,6 +240,7 @@ def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
 
 def files_sha256(folder: Path) -> str:
     """sha256 over the two database files (the database's identity in manifests)."""
+    ensure_plain(folder)
     digest = hashlib.sha256()
     for name in (WORKLOAD_FILE, RECORD_FILE):
         path = folder / name
@@ -216,6 +250,7 @@ def files_sha256(folder: Path) -> str:
 
 def count_records(folder: Path) -> int:
     """Number of tuning records in a database folder."""
+    ensure_plain(folder)
     path = folder / RECORD_FILE
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 

@@ -200,3 +200,17 @@ def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
     assert list(again.reused.values()) == [1]
     shared = next(t for t in again.tasks if t.name in again.reused)
     assert shared.best_us is not None
+
+
+def test_packed_database_is_unpacked_for_use(tuned, tmp_path):
+    from compile.tuning_db import RECORD_FILE, WORKLOAD_FILE, files_sha256, pack
+
+    job, result = tuned
+    copy = tmp_path / "db"
+    shutil.copytree(result.database, copy)
+    sha = files_sha256(copy)
+    pack(copy)
+    for name in (WORKLOAD_FILE, RECORD_FILE):  # a fresh clone has only the packed files
+        (copy / name).unlink()
+    compiled = run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+    assert compiled.tuning["database_sha256"] == sha and compiled.tuning["tasks_tuned"] == 2
