@@ -27,6 +27,9 @@ def summary(result: CompileResult) -> str:
                      f"{q['float_nodes']} kept float; library {q['library_bytes'] / 1e6:.2f} MB "
                      f"= {q['library_vs_fp32_weights']:.2f}x the fp32 weights")
         lines.append(f"calibrate  {q['calibration']}")
+        if q.get("instructions"):
+            found = {k: v for k, v in q["instructions"].items() if v}
+            lines.append(f"isa        integer dot-product instructions in model.so: {found or 'none'}")
         if "gate" in q:
             g = q["gate"]
             verdict = "passed" if g["passed"] else "FAILED"

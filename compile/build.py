@@ -116,3 +116,33 @@ def export(executable: Any, path: Path, cfg: TargetConfig) -> None:
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         raise ToolchainError(f"linking {path.name} for {cfg.name} failed: "
                              f"{lines[-1] if lines else type(err).__name__}") from None
+
+
+#: x86 instructions that show integer dot products (vpdpbusd: AVX-512/AVX VNNI; vpmaddubsw +
+#: vpmaddwd: AVX2/AVX-512BW u8 x s8 and i16 x i16 multiply-adds) and float FMAs, for reports.
+X86_MNEMONICS = ("vpdpbusd", "vpmaddubsw", "vpmaddwd", "vfmadd231ps", "vfmadd213ps")
+
+
+def instruction_counts(library: Path, mnemonics: tuple[str, ...] = X86_MNEMONICS) -> dict[str, int]:
+    """Count instructions in a shared object's disassembly (binutils ``objdump -d``).
+
+    Returns
+    -------
+    dict of str to int
+        Mnemonic -> occurrences; empty when objdump is not installed.
+    """
+    import shutil
+    import subprocess
+
+    if shutil.which("objdump") is None:
+        return {}
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)],
+                             capture_output=True, text=True, check=False).stdout
+    counts = dict.fromkeys(mnemonics, 0)
+    for line in listing.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            word = parts[1].split(" ", 1)[0].strip()
+            if word in counts:
+                counts[word] += 1
+    return counts

@@ -181,6 +181,8 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
         build_stage.export(built.executable, stage.library, cfg_t)
         metrics["export_s"] = time.perf_counter() - start
         if prepared.quantized is not None:
+            if library_arch(cfg_t) == "x86_64":
+                quantization["instructions"] = build_stage.instruction_counts(stage.library)
             quantization["library_bytes"] = stage.library.stat().st_size
             quantization["library_vs_fp32_weights"] = round(
                 quantization["library_bytes"] / quantization["fp32_weights_bytes"], 4)
