@@ -84,6 +84,7 @@ def main(config_name: str, schema: type, job_name: str,
         sys.exit(2)
     register_configs()
     failures: list[str] = []
+    crashed: list[BaseException] = []
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)
     def _hydra_entry(cfg: DictConfig) -> None:
@@ -99,11 +100,17 @@ def main(config_name: str, schema: type, job_name: str,
         except KeyboardInterrupt:
             failures.append("interrupted")
             fail("interrupted; nothing half-written was kept")
+        except Exception as err:  # a bug, not a user error: Hydra prints the traceback
+            crashed.append(err)
+            raise
 
     try:
         _hydra_entry()
-    except SystemExit as exit_:  # Hydra's own config errors exit 1: report them as ours
-        sys.exit(2 if exit_.code not in (0, None) else 0)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            sys.exit(0)
+        # Hydra exits 1 for its own config errors (bad override, missing key): the user's to fix.
+        sys.exit(1 if crashed else 2)
     sys.exit(2 if failures else 0)
 
 

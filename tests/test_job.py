@@ -108,3 +108,9 @@ def test_failed_job_marks_run_failed(tiny_dir, tmp_path):
     run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["verification"] == "failed" and run.data.metrics["max_abs_err"] > 0
+
+
+def test_cli_bad_override_is_a_config_error():
+    proc = run_cli("compile", "model=ppocr_cls", "model.no_such_key=1", "tracking=off")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no_such_key" in proc.stderr
