@@ -51,11 +51,8 @@ def summary(result: CompileResult) -> str:
     lines.append(f"artifact   {relative(result.artifact_dir)}")
     for warning in result.warnings:
         lines.append(f"warning    {warning}")
-    if result.run_id:
-        lines.append(f"mlflow     run {result.run_id}; UI: make ui  (then http://127.0.0.1:5000)")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main("compile", CompileJob, "compile", run_compile, summary,
-         lambda job: f"{job.model.name}/{job.target.name}")
+    main("compile", CompileJob, run_compile, summary)

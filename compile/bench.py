@@ -19,11 +19,8 @@ def summary(result: BenchResult) -> str:
         verdict = "faster" if ratio < 1 else "slower"
         lines.append(f"ours / {peer:12} {ratio:6.2f}  (best thread count of each; "
                      f"ours is {verdict})")
-    if result.run_id:
-        lines.append(f"mlflow     run {result.run_id}; UI: make ui")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main("bench", BenchJob, "bench", run_bench, summary,
-         lambda job: f"{job.model.name}/{job.target.name}")
+    main("bench", BenchJob, run_bench, summary)

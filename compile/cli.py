@@ -53,25 +53,28 @@ def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def main(config_name: str, schema: type, job_name: str,
-         job_fn: Callable[[Any, Any], Any], summary: Callable[[Any], str],
-         run_name: Callable[[Any], str]) -> None:
+def run_name(job_name: str, job: Any) -> str:
+    """MLflow run name: ``<job>/<model>/<target>``, plus ``/<quant>`` for quantized variants."""
+    name = f"{job_name}/{job.model.name}/{job.target.name}"
+    scheme = job.quant.scheme.name
+    return name if scheme == "none" else f"{name}/{scheme}"
+
+
+def main(job_name: str, schema: type, job_fn: Callable[[Any, Any], Any],
+         summary: Callable[[Any], str]) -> None:
     """Run a job from the command line and exit (0, or 2 on an expected error).
 
     Parameters
     ----------
-    config_name : str
-        Primary config in ``conf/`` (e.g. ``"compile"``).
+    job_name : str
+        ``compile``, ``tune`` or ``bench``: the primary config in ``conf/`` and the first part
+        of the MLflow run name.
     schema : type
         The job's dataclass (e.g. ``CompileJob``).
-    job_name : str
-        ``compile``, ``tune`` or ``bench``: the first part of the MLflow run name.
     job_fn : callable
         ``job_fn(job, tracker) -> result``.
     summary : callable
         ``summary(result) -> str`` printed on success.
-    run_name : callable
-        ``run_name(job) -> "<model>/<target>"``.
     """
     import hydra
     from omegaconf import DictConfig, OmegaConf
@@ -86,14 +89,17 @@ def main(config_name: str, schema: type, job_name: str,
     failures: list[str] = []
     crashed: list[BaseException] = []
 
-    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=job_name)
     def _hydra_entry(cfg: DictConfig) -> None:
         try:
             job = to_job(cfg, schema)
-            with tracked_run(job.tracking, f"{job_name}/{run_name(job)}") as tracker:
+            with tracked_run(job.tracking, run_name(job_name, job)) as tracker:
                 tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
                 result = job_fn(job, tracker)
             print(summary(result), flush=True)
+            if tracker.run_id:
+                print(f"mlflow     run {tracker.run_id}; UI: make ui (http://127.0.0.1:5000)",
+                      flush=True)
         except PipelineError as err:
             failures.append(str(err))
             fail(str(err))

@@ -27,12 +27,9 @@ def summary(result: TuneResult) -> str:
         lines.append(f"  {row['task'][:44]:44} {row['share']:6.1%} {best:>10} {gflops:>8} "
                      f"{row['trials']:6d} {row['skipped']}")
     lines += [f"warning    {w}" for w in result.warnings]
-    if result.run_id:
-        lines.append(f"mlflow     run {result.run_id}; UI: make ui")
     lines.append("next       python -m compile model=... target=... applies this database")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main("tune", CompileJob, "tune", run_tune, summary,
-         lambda job: f"{job.model.name}/{job.target.name}")
+    main("tune", CompileJob, run_tune, summary)
