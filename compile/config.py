@@ -179,6 +179,7 @@ class TuningConfig:
     preset: str = "none"
     trials: int = 64  # trials a tuning job adds to the database (max_trials_global)
     trials_per_iter: int = 16  # candidates measured per task per round (num_trials_per_iter)
+    population: int = 512  # evolutionary search population (its time per round scales with it)
     max_trials_per_task: int | None = None  # cap per task; null = trials
     max_time_min: float | None = None  # wall-clock cap of a tuning job, minutes
     cost_model: CostModel = CostModel.xgb
@@ -196,8 +197,9 @@ class TuningConfig:
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError(f"tuning.trials must be >= 1, got {self.trials}")
-        if self.trials_per_iter < 1:
-            raise ConfigError(f"tuning.trials_per_iter must be >= 1, got {self.trials_per_iter}")
+        if self.trials_per_iter < 1 or self.population < 8:
+            raise ConfigError("tuning.trials_per_iter must be >= 1 and tuning.population >= 8, "
+                              f"got {self.trials_per_iter} and {self.population}")
         if self.max_trials_per_task is not None and self.max_trials_per_task < 1:
             raise ConfigError("tuning.max_trials_per_task must be >= 1 or null, "
                               f"got {self.max_trials_per_task}")

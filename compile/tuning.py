@@ -420,13 +420,19 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "cost_model": cfg.cost_model.name, "seed": cfg.seed,
                                    "builder_workers": cfg.builder_workers or threads,
                                    "runner_workers": cfg.runner_workers,
-                                   "patience": cfg.patience, "min_weight": cfg.min_weight},
+                                   "patience": cfg.patience, "min_weight": cfg.min_weight,
+                                   "population": cfg.population, "reuse": cfg.reuse},
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json},
                         "tasks_total": len(stats), "tasks_tuned_this_run": len(chosen),
                         "tasks_reused": len(reused),
                         "trials_before": trials_before, "threads": threads})
     progress = _Progress(stats, chosen, cfg, tracker, save, trials_before)
+    # The first round gives every task one batch: keep it within half the budget.
+    per_iter = min(cfg.trials_per_iter, max(4, cfg.trials // (2 * max(len(chosen), 1))))
+    if per_iter < cfg.trials_per_iter:
+        log.info("%d tasks: %d trials per task and round (of tuning.trials_per_iter=%d) so the "
+                 "first round fits the budget", len(chosen), per_iter, cfg.trials_per_iter)
     if chosen:
         family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
         _tvm.register_tensor_intrinsics(family)
@@ -439,13 +445,14 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
-            seed=cfg.seed)
+            seed=cfg.seed, strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=cfg.population))
         try:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(scratch),
                 max_trials_global=cfg.trials,
                 max_trials_per_task=cfg.max_trials_per_task or cfg.trials,
-                num_trials_per_iter=cfg.trials_per_iter,
+                num_trials_per_iter=per_iter,
                 builder=ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
                                                 f_build=build_candidate),
                 runner=ms.runner.LocalRunner(timeout_sec=cfg.timeout_s),
