@@ -82,3 +82,18 @@ def test_cuda_artifact_runs_on_gpu(tiny_dir, job_for):
         pytest.skip("no CUDA GPU on this machine")
     result = run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target=cuda_sm80"))
     assert result.verification["status"] == "passed"
+
+
+@needs_cross_gcc
+@needs_nvcc
+def test_multirun_builds_one_model_for_three_targets(tiny_dir, tmp_path):
+    from .conftest import run_cli
+
+    proc = run_cli("compile", "-m", "model=file", f"model.path={tiny_dir / 'conv_bn_relu.onnx'}",
+                   "target=x86_64,aarch64,cuda_sm80", f"paths.artifacts_dir={tmp_path}",
+                   "tracking=off", "verify.bench_runs=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    archs = {t: read_manifest(tmp_path / "conv_bn_relu" / t)["library"]["arch"]
+             for t in ("x86_64", "aarch64", "cuda_sm80")}
+    assert archs == {"x86_64": "x86_64", "aarch64": "aarch64", "cuda_sm80": "x86_64"}
+    assert read_manifest(tmp_path / "conv_bn_relu" / "cuda_sm80")["device"] == "cuda"
