@@ -214,3 +214,15 @@ def test_packed_database_is_unpacked_for_use(tuned, tmp_path):
         (copy / name).unlink()
     compiled = run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
     assert compiled.tuning["database_sha256"] == sha and compiled.tuning["tasks_tuned"] == 2
+
+
+def test_task_whose_candidates_all_fail_is_reported(tiny_dir, tmp_path):
+    """Every measurement times out: the job finishes and says the tasks stay untuned."""
+    from compile.tuning import task_table
+
+    result = run_tune(tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path, "tuning.timeout_s=0.001"))
+    assert result.trials_run == 8
+    assert len(result.warnings) == 2 and all("stays untuned" in w for w in result.warnings)
+    rows = task_table(result.tasks)
+    assert all(r["run_errors"] + r["build_errors"] == r["trials_this_run"] for r in rows)
+    assert all(r["best_us"] is None for r in rows)
