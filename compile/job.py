@@ -202,9 +202,12 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
         if runnable:
             verification = _verify(job, stage.path, prepared, threads)
         else:
-            reason = ("verify.enabled=false" if not job.verify.enabled else
-                      f"this machine ({host_arch()}, no {cfg_t.device} runtime) cannot run a "
-                      f"{library_arch(cfg_t)} {cfg_t.device} artifact")
+            if not job.verify.enabled:
+                reason = "verify.enabled=false"
+            elif library_arch(cfg_t) != host_arch():
+                reason = f"an {library_arch(cfg_t)} artifact does not run on this {host_arch()} machine"
+            else:
+                reason = "this machine has no CUDA GPU to run it"
             verification = {"status": "skipped", "reason": reason}
         gate = None
         if runnable and scheme == QuantScheme.int8 and verification["status"] == "passed":
