@@ -29,7 +29,8 @@ def summary(result: CompileResult) -> str:
         lines.append(f"calibrate  {q['calibration']}")
         if q.get("instructions"):
             found = {k: v for k, v in q["instructions"].items() if v}
-            lines.append(f"isa        integer dot-product instructions in model.so: {found or 'none'}")
+            lines.append("isa        integer dot-product instructions in model.so: "
+                         f"{found or 'none'}")
         if "gate" in q:
             g = q["gate"]
             verdict = "passed" if g["passed"] else "FAILED"

@@ -9,10 +9,12 @@ See ../shared/TVM_0_27.md for the renames (``tvm.meta_schedule`` → ``tvm.s_tir
 import tvm
 import tvm_ffi
 from tvm import relax
+from tvm.ir.utils import derived_object  # Python subclasses of MetaSchedule's Py* classes
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map as onnx_convert_map
 from tvm.s_tir import dlight
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.support import cc, nvcc
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features, llvm_get_system_cpu, llvm_is_valid_cpu
@@ -29,8 +31,6 @@ TVM_FFI_VERSION = tvm_ffi.__version__
 TensorType = relax.TensorType
 TupleType = relax.TupleType
 
-from tvm.ir.utils import derived_object  # Python subclasses of MetaSchedule's Py* classes
-from tvm.s_tir.analysis import estimate_tir_flops
 
 #: Tensor-intrinsic modules per target family (tvm.s_tir.tensor_intrin.<module>).
 _INTRINSICS = {"x86_64": "x86", "aarch64": "arm_cpu", "cuda": "cuda"}

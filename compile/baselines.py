@@ -35,8 +35,8 @@ def openvino_runner(onnx_path: Path, threads: int,
     try:
         import openvino as ov
     except ImportError:
-        raise ConfigError("the openvino baseline needs the openvino package: "
-                          "pip install -e '.[baselines]' (or drop it from bench.baselines)") from None
+        raise ConfigError("the openvino baseline needs the openvino package: pip install -e "
+                          "'.[baselines]' (or drop it from bench.baselines)") from None
     core = ov.Core()
     compiled = core.compile_model(str(onnx_path), "CPU", {
         "INFERENCE_PRECISION_HINT": "f32",

@@ -7,6 +7,7 @@ the ratios from one run are the result (the product's performance method, DESIGN
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -122,7 +123,9 @@ def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
     return artifact, prepared
 
 
-def _timed(name: str, threads: int, fn, cfg, batch: int) -> BenchRow:
+def _timed(name: str, threads: int, fn, cfg, batch: int, inputs=None) -> BenchRow:
+    if inputs is not None:  # fn takes the inputs
+        fn = functools.partial(fn, inputs)
     once = runner.time_callable(fn, runs=1, warmup=1)
     runs = max(3, min(cfg.runs, int(cfg.max_s * 1e3 / max(once.p50_ms, 1e-3))))
     stats = runner.time_callable(fn, runs=runs, warmup=cfg.warmup)
@@ -188,16 +191,16 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
                 if int8:
                     peers.append(("openvino-int8", qdq_path, openvino_runner))
         for threads in thread_counts:
-            model = runner.load(artifact, num_threads=threads)
-            rows.append(_timed(ours, threads, lambda: model.run(inputs), cfg, batch))
+            rows.append(_timed(ours, threads, runner.load(artifact, num_threads=threads).run,
+                               cfg, batch, inputs))
             if fp32_artifact is not None:
                 fp32_model = runner.load(fp32_artifact, num_threads=threads)
-                rows.append(_timed(OURS, threads, lambda: fp32_model.run(inputs), cfg, batch))
+                rows.append(_timed(OURS, threads, fp32_model.run, cfg, batch, inputs))
             for name, path, make in peers:
                 rows.append(_timed(name, threads, make(path, threads, inputs), cfg, batch))
             if untuned_dir is not None:
                 slow = runner.load(untuned_dir, num_threads=threads)
-                rows.append(_timed("untuned", threads, lambda: slow.run(inputs), cfg, batch))
+                rows.append(_timed("untuned", threads, slow.run, cfg, batch, inputs))
     versions = {"tvm": manifest["versions"]["tvm"],
                 "onnxruntime": manifest["versions"]["onnxruntime"],
                 "openvino": openvino_version()}

@@ -133,7 +133,8 @@ class ModelConfig:
         for name, shape in self.input_shapes.items():
             _positive_shape(name, shape, "model.input_shapes")
         if self.atol < 0 or self.rtol < 0:
-            raise ConfigError(f"model.atol and model.rtol must be >= 0, got {self.atol}, {self.rtol}")
+            raise ConfigError("model.atol and model.rtol must be >= 0, got "
+                              f"{self.atol}, {self.rtol}")
 
 
 @dataclass
@@ -205,7 +206,7 @@ class TuningConfig:
                               f"got {self.max_trials_per_task}")
         if self.max_time_min is not None and self.max_time_min <= 0:
             raise ConfigError(f"tuning.max_time_min must be > 0 or null, got {self.max_time_min}")
-        if self.runner_workers < 1 or (self.builder_workers is not None and self.builder_workers < 1):
+        if self.runner_workers < 1 or (self.builder_workers or 1) < 1:
             raise ConfigError("tuning.runner_workers and tuning.builder_workers must be >= 1")
         if self.patience < 1 or self.keep_per_workload < 0 or self.timeout_s <= 0:
             raise ConfigError("tuning.patience must be >= 1, tuning.keep_per_workload >= 0 and "

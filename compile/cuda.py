@@ -66,7 +66,9 @@ def ensure_cuda_runtime(cache_dir: str | Path) -> str:
     try:
         ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
         state = "driver"
-    except OSError:
+    except OSError:  # no NVIDIA driver: build and load the stub
+        state = "stub"
+    if state == "stub":
         stub = Path(cache_dir) / "cuda-stub" / "libcuda.so.1"
         if not stub.is_file():
             if shutil.which("gcc") is None:
@@ -80,7 +82,6 @@ def ensure_cuda_runtime(cache_dir: str | Path) -> str:
                             str(source)], check=True, capture_output=True)
             tmp.replace(stub)
         ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
-        state = "stub"
     from tvm.backend import cuda as cuda_backend
 
     cuda_backend.register_backend()  # (re)loads libtvm_runtime_cuda now that libcuda resolves
@@ -93,7 +94,7 @@ def ensure_cuda_runtime(cache_dir: str | Path) -> str:
 
 
 def gencode_flags(arch: str) -> list[str]:
-    """nvcc flags for SASS of ``arch`` plus PTX of the same compute capability.
+    """Nvcc flags for SASS of ``arch`` plus PTX of the same compute capability.
 
     The PTX lets the driver JIT the kernels for newer GPUs; the SASS runs as is on ``arch``.
     """

@@ -114,7 +114,8 @@ def _text_pages(cfg: SampleSetConfig, spec: TensorSpec) -> Iterator[dict[str, np
         yield {spec.name: ppocr_tensor(page)}
 
 
-def _photos(cfg: SampleSetConfig, spec: TensorSpec, cache_dir: Path) -> Iterator[dict[str, np.ndarray]]:
+def _photos(cfg: SampleSetConfig, spec: TensorSpec,
+            cache_dir: Path) -> Iterator[dict[str, np.ndarray]]:
     if not (cfg.package and cfg.files):
         raise QuantizationError("a photos sample set needs a package and files "
                                 "(quant.calibration.package/files, quant.validation...)")

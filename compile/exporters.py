@@ -111,7 +111,8 @@ def export_torch_model(exporter: str, weights: Path, dest: Path, opset: int) -> 
         The weights do not fit the architecture.
     """
     if exporter not in EXPORTERS:
-        raise ConfigError(f"model.exporter={exporter!r} is unknown; choose one of {sorted(EXPORTERS)}")
+        raise ConfigError(f"model.exporter={exporter!r} is unknown; "
+                          f"choose one of {sorted(EXPORTERS)}")
     torch = _import_torch()
     build, input_name, shape, output_name = EXPORTERS[exporter]
     net = build()

@@ -182,7 +182,7 @@ def fixed_input_specs(model: onnx.ModelProto, config: ModelConfig) -> list[Tenso
             if dims and len(dims) != len(shape):
                 problems.append(f"input '{vi.name}' has rank {len(dims)} {dims}, "
                                 f"model.input_shapes gives {shape}")
-            elif any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
+            elif any(isinstance(d, int) and d != s for d, s in zip(dims, shape, strict=True)):
                 problems.append(f"input '{vi.name}' is fixed at {dims} in the file, "
                                 f"model.input_shapes gives {shape}")
         elif all(isinstance(d, int) for d in dims):
@@ -214,7 +214,7 @@ def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
     types = list(ret.fields) if isinstance(ret, _tvm.TupleType) else [ret]
     names = [o.name for o in model.graph.output]
     specs = []
-    for name, ty in zip(names, types):
+    for name, ty in zip(names, types, strict=True):
         if not isinstance(ty, _tvm.TensorType) or ty.shape is None:
             raise UnsupportedModelError(f"output '{name}' has no static tensor shape after "
                                         "import; fix the input shapes (model.input_shapes)")
@@ -222,9 +222,10 @@ def _output_specs(mod, model: onnx.ModelProto) -> list[TensorSpec]:
     return specs
 
 
-def import_model(path: Path, config: ModelConfig,
-                 rewrite: Callable[[onnx.ModelProto, list[TensorSpec]], onnx.ModelProto] | None = None,
-                 ) -> ImportedModel:
+Rewrite = Callable[[onnx.ModelProto, list[TensorSpec]], onnx.ModelProto]
+
+
+def import_model(path: Path, config: ModelConfig, rewrite: Rewrite | None = None) -> ImportedModel:
     """Run the import stage on an ONNX file.
 
     Parameters

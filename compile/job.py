@@ -205,7 +205,8 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
             if not job.verify.enabled:
                 reason = "verify.enabled=false"
             elif library_arch(cfg_t) != host_arch():
-                reason = f"an {library_arch(cfg_t)} artifact does not run on this {host_arch()} machine"
+                reason = (f"an {library_arch(cfg_t)} artifact does not run on this "
+                          f"{host_arch()} machine")
             else:
                 reason = "this machine has no CUDA GPU to run it"
             verification = {"status": "skipped", "reason": reason}

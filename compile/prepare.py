@@ -110,8 +110,9 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
             calibration = load_samples(quant.calibration, model, specs, paths.cache_dir)
             quantized["fp32"] = folded
             quantized["calibration"] = calibration
+            kept_float = sorted({*quant.exclude, *(exclude or [])})
             quantized["model"] = quantize(folded, onnx_sha256, quant, calibration,
-                                          paths.cache_dir, sorted({*quant.exclude, *(exclude or [])}))
+                                          paths.cache_dir, kept_float)
             return quantized["model"].model
 
     imported = import_model(onnx_path, model, rewrite)

@@ -271,7 +271,7 @@ def layer_report(fp32: onnx.ModelProto, qdq_path: Path, samples: SampleSet,
     for inputs in samples.samples[:limit]:
         for side, session in enumerate(sessions):
             values = dict(zip([o.name for o in session.get_outputs()],
-                              session.run(None, inputs)))
+                              session.run(None, inputs), strict=True))
             for t in names:
                 collected[t][side].append(values[t].ravel())
     rows = []

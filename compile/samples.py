@@ -206,7 +206,8 @@ def make_sample(model: ModelConfig, inputs: list[TensorSpec]) -> Sample:
     _, _, height, width = spec.shape
     if sample.source == SampleSource.photo:
         if height != width:
-            raise ConfigError(f"model.sample.source=photo needs a square input, got {height}x{width}")
+            raise ConfigError("model.sample.source=photo needs a square input, got "
+                              f"{height}x{width}")
         tensor = imagenet_tensor(load_photo(sample.photo), height)
         return Sample({spec.name: tensor},
                       f"{sample.photo} (matplotlib sample data), resize {round(height * 256 / 224)}"
@@ -215,7 +216,8 @@ def make_sample(model: ModelConfig, inputs: list[TensorSpec]) -> Sample:
     if model.task == Task.text_detection:
         image = render_text_lines(lines, width, height, font_px=max(16, height // 16))
         return Sample({spec.name: ppocr_tensor(image)},
-                      f"{len(lines)} text line(s) {lines!r} rendered {width}x{height} in DejaVu Sans",
+                      f"{len(lines)} text line(s) {lines!r} rendered {width}x{height} in "
+                      "DejaVu Sans",
                       {"regions": len(lines)})
     tensor = text_line_tensor(lines[0], height, width)
     expected = {"text": lines[0]} if model.task == Task.text_recognition else {"label": "0"}

@@ -96,7 +96,7 @@ class TaskStats:
 
     @property
     def share_us(self) -> float | None:
-        """This task's part of one model run: weight x best time, microseconds."""
+        """The task's part of one model run: weight x best time, microseconds."""
         return self.weight * self.best_us if self.best_us else None
 
 
@@ -225,7 +225,8 @@ class _Progress:
                  tracker: Tracker, save, trials_before: int):
         from tqdm import tqdm
 
-        self.stats, self.chosen, self.cfg, self.tracker, self.save = stats, chosen, cfg, tracker, save
+        self.stats, self.chosen, self.cfg = stats, chosen, cfg
+        self.tracker, self.save = tracker, save
         self.trials_before = trials_before
         self.trials = 0
         self.start = time.monotonic()
@@ -236,7 +237,7 @@ class _Progress:
     def on_batch(self, scheduler: Any, task_id: int, runner_results: list[Any],
                  builder_results: list[Any]) -> None:
         task = self.stats[self.chosen[task_id]]
-        for built, ran in zip(builder_results, runner_results):
+        for built, ran in zip(builder_results, runner_results, strict=True):
             task.trials += 1
             task.trials_run += 1
             self.trials += 1
@@ -269,13 +270,15 @@ class _Progress:
         self.tracker.log_metrics({"est_latency_ms": est_ms, "tasks_measured": measured,
                                   "trials_per_min": self.trials / (elapsed / 60)}, step=step)
         self.save()
-        if self.cfg.max_time_min and elapsed > self.cfg.max_time_min * 60 and not self.stopped_by_time:
+        over_time = self.cfg.max_time_min and elapsed > self.cfg.max_time_min * 60
+        if over_time and not self.stopped_by_time:
             self.stopped_by_time = True
             log.info("tuning.max_time_min=%s reached: stopping", self.cfg.max_time_min)
             for index in range(len(self.chosen)):
                 scheduler.terminate_task(index)
 
     def close(self) -> None:
+        """Close the progress bar."""
         self.bar.close()
 
 

@@ -222,7 +222,8 @@ def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
     records = [line for line in record_path.read_text().splitlines() if line.strip()]
     by_workload: dict[int, list[tuple[float, int, str]]] = {}
     for order, line in enumerate(records):
-        by_workload.setdefault(json.loads(line)[0], []).append((record_latency_s(line), order, line))
+        entry = (record_latency_s(line), order, line)
+        by_workload.setdefault(json.loads(line)[0], []).append(entry)
     workloads = workload_path.read_text().splitlines()
     used = sorted(by_workload)
     remap = {old: new for new, old in enumerate(used)}

@@ -35,7 +35,7 @@ def reference_outputs(session: ort.InferenceSession,
                       inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run ONNX Runtime once; outputs keyed by graph output name, in graph order."""
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    return dict(zip(names, session.run(names, inputs), strict=True))
 
 
 @dataclass

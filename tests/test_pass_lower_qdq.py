@@ -176,7 +176,8 @@ def test_tiny_qdq_model_matches_onnxruntime(tiny_dir, tmp_path):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(qdq), options)
-    step = max(float(onnx.numpy_helper.to_array(i).max()) for i in onnx.load(str(qdq)).graph.initializer
+    initializers = onnx.load(str(qdq)).graph.initializer
+    step = max(float(onnx.numpy_helper.to_array(i).max()) for i in initializers
                if i.name == "y_scale")
     for seed in range(3):
         x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)

@@ -28,7 +28,8 @@ def npz(tmp_path_factory):
 
 
 def int8_overrides(npz_dir, *extra):
-    return ["quant=int8", "quant.calibration.source=npz", f"quant.calibration.path={npz_dir}/cal.npz",
+    return ["quant=int8", "quant.calibration.source=npz",
+            f"quant.calibration.path={npz_dir}/cal.npz",
             "quant.validation.source=npz", f"quant.validation.path={npz_dir}/val.npz", *extra]
 
 
@@ -49,7 +50,8 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
 
 def test_gate_fails_with_too_strict_threshold(tiny_dir, job_for, npz, tmp_path):
     job = job_for(tiny_dir / "conv_bn_relu.onnx", *int8_overrides(npz, "quant.max_drop=0.0"))
-    with pytest.raises(QuantizationError, match=r"accuracy gate failed: cosine drop .* worst layers"):
+    with pytest.raises(QuantizationError,
+                       match=r"accuracy gate failed: cosine drop .* worst layers"):
         run_compile(job)
     assert not (tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8").exists()
 

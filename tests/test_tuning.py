@@ -178,7 +178,7 @@ def test_bench_job_reports_ours_and_onnxruntime(tuned):
 
 def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
     """A second model with the same first kernel starts from the first model's record."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from . import models
 
@@ -191,7 +191,7 @@ def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
     nodes = list(graph.node)
     inits = [i for i in graph.initializer if i.name != "w2"] + [w2]
     other = helper.make_graph(nodes, "other", list(graph.input),
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+                              [models.value("y", [1, 2, 16, 16])],
                               inits)
     path = models.save(models.finish(other), tmp_path, "other_head")
     again = run_tune(compose("model=file", f"model.path={path}", "tuning=smoke",
