@@ -346,7 +346,9 @@ def _plot(curve: list[tuple[int, float]], path: Path, title: str) -> None:
     if curve:
         ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", linewidth=1)
     ax.set_xlabel("trials (all runs)")
-    ax.set_ylabel("estimated latency, ms (sum of weight x best kernel time)")
+    ax.set_ylabel("estimated latency, ms")
+    ax.text(0.99, 0.97, "sum over tasks of weight x best kernel time", ha="right", va="top",
+            transform=ax.transAxes, fontsize=8, color="gray")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
