@@ -24,7 +24,7 @@ from . import build as build_stage
 from .accuracy import GateResult, evaluate
 from .artifact import StagedArtifact, build_manifest, package_version, write_json_atomic
 from .config import CompileJob, QuantScheme, host_threads
-from .datasets import load_samples
+from .datasets import SampleSet, load_samples
 from .errors import QuantizationError, VerificationError
 from .prepare import (
     PreparedModel,
@@ -104,10 +104,9 @@ def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int)
     return result
 
 
-def _gate(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int) -> GateResult:
+def _gate(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int,
+          validation: SampleSet) -> GateResult:
     """The accuracy gate: the staged int8 artifact against ONNX Runtime's float32 model."""
-    validation = load_samples(job.quant.validation, job.model, prepared.imported.inputs,
-                              job.paths.cache_dir)
     model = runner.load(stage, num_threads=threads)
     session = ort_session(prepared.imported.onnx_path, threads)
     log.info("accuracy gate on %d validation samples", len(validation))
@@ -212,7 +211,9 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
             verification = {"status": "skipped", "reason": reason}
         gate = None
         if runnable and scheme == QuantScheme.int8 and verification["status"] == "passed":
-            gate = _gate(job, stage.path, prepared, threads)
+            validation = load_samples(job.quant.validation, job.model, imported.inputs,
+                                      job.paths.cache_dir)
+            gate = _gate(job, stage.path, prepared, threads, validation)
             quantization["gate"] = {"passed": gate.passed, "metric": gate.metric_name,
                                     "drop": gate.drop, "max_drop": gate.max_drop,
                                     "validation": gate.source, **gate.metrics}
@@ -225,7 +226,7 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
         if verification["status"] == "failed":
             raise VerificationError(_failure_line(verification))
         if gate is not None and not gate.passed:
-            raise _gate_failure(job, prepared, gate, tracker, attempt)
+            raise _gate_failure(job, prepared, gate, validation, tracker, attempt)
         stage.commit()
     return result
 
@@ -235,7 +236,7 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
     if prepared.quantized is None:
         return {"scheme": job.quant.scheme.name}
     q = prepared.quantized
-    return {"scheme": "int8", "format": "QDQ (onnxruntime.quantization.quantize_static)",
+    return {"scheme": "int8", "format": f"QDQ ONNX by {q.settings['calibrator']}",
             "settings": q.settings, "calibration": prepared.calibration.description,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
@@ -244,10 +245,8 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
             "int8_model_weights_bytes": weights_bytes(q.model)}
 
 
-def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult, tracker: Tracker,
-                  attempt: int) -> QuantizationError:
-    validation = load_samples(job.quant.validation, job.model, prepared.imported.inputs,
-                              job.paths.cache_dir)
+def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult,
+                  validation: SampleSet, tracker: Tracker, attempt: int) -> QuantizationError:
     report = layer_report(prepared.fp32_onnx, prepared.quantized.path, validation)
     tracker.log_dict(report, f"layer_report_attempt{attempt}.json")
     worst = worst_layers(report, job.quant.keep_float_worst or 3)
