@@ -272,14 +272,20 @@ class _Progress:
         self.save()
         over_time = self.cfg.max_time_min and elapsed > self.cfg.max_time_min * 60
         if over_time and not self.stopped_by_time:
+            # The batch's records are in the database already (the default callbacks run
+            # first). Terminating tasks from here is not safe: the scheduler calls back while
+            # joining the task it has just picked, and then asserts that task is alive.
             self.stopped_by_time = True
             log.info("tuning.max_time_min=%s reached: stopping", self.cfg.max_time_min)
-            for index in range(len(self.chosen)):
-                scheduler.terminate_task(index)
+            raise _TimeUp(f"tuning.max_time_min={self.cfg.max_time_min} reached")
 
     def close(self) -> None:
         """Close the progress bar."""
         self.bar.close()
+
+
+class _TimeUp(Exception):
+    """Raised from the measure callback to stop MetaSchedule at ``tuning.max_time_min``."""
 
 
 def _make_callback(progress: _Progress) -> Any:
@@ -466,6 +472,11 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    _make_callback(progress)],
                 task_scheduler="gradient")
+        except Exception:
+            # The wall-clock cap stops the scheduler by raising from the measure callback;
+            # the exception may come back re-wrapped by the FFI, so the flag decides.
+            if not progress.stopped_by_time:
+                raise
         finally:
             progress.close()
             save()

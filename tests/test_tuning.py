@@ -226,3 +226,13 @@ def test_task_whose_candidates_all_fail_is_reported(tiny_dir, tmp_path):
     rows = task_table(result.tasks)
     assert all(r["run_errors"] + r["build_errors"] == r["trials_this_run"] for r in rows)
     assert all(r["best_us"] is None for r in rows)
+
+
+def test_wall_clock_cap_stops_and_keeps_records(tiny_dir, tmp_path):
+    # max_time_min is spent before the first batch is back: the job stops after that batch,
+    # keeps its records and finishes (provenance, prune) instead of crashing the scheduler.
+    result = run_tune(tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path,
+                               "tuning.max_time_min=0.0001"))
+    assert 0 < result.trials_run < 8
+    assert count_records(result.database) == result.trials_run
+    assert read_provenance(result.database)["trials_total"] == result.trials_run
