@@ -15,9 +15,10 @@ def summary(result: BenchResult) -> str:
              f"tuning     {tuning['tasks_tuned']}/{tuning['tasks_total']} tasks tuned "
              f"(database {tuning['database_sha256'][:16]})",
              f"versions   {result.versions}", "", table(result), ""]
+    width = max((len(peer) for peer in result.ratios), default=0)
     for peer, ratio in result.ratios.items():
         verdict = "faster" if ratio < 1 else "slower"
-        lines.append(f"ours / {peer:12} {ratio:6.2f}  (best thread count of each; "
+        lines.append(f"ours / {peer:{width}} {ratio:6.2f}  (best thread count of each; "
                      f"ours is {verdict})")
     return "\n".join(lines)
 

@@ -232,12 +232,13 @@ def _log(tracker: Tracker, result: BenchResult) -> None:
 def table(result: BenchResult) -> str:
     """The benchmark as a fixed-width table, one row per engine and thread count."""
     ours = {r.threads: r for r in result.rows if r.engine == result.ours}
-    lines = [f"{'engine':12} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+    width = max([len("engine"), *(len(r.engine) for r in result.rows)])
+    lines = [f"{'engine':{width}} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
              f"{'per s':>8} {'ours/this':>9}"]
     for row in sorted(result.rows, key=lambda r: (r.threads, r.engine != result.ours, r.engine)):
         ratio = ours[row.threads].stats.p50_ms / row.stats.p50_ms if row.threads in ours else None
         shown = f"{ratio:9.2f}" if ratio else f"{'-':>9}"
-        lines.append(f"{row.engine:12} {row.threads:7d} {row.stats.p50_ms:9.3f} "
+        lines.append(f"{row.engine:{width}} {row.threads:7d} {row.stats.p50_ms:9.3f} "
                      f"{row.stats.p90_ms:9.3f} {row.stats.p99_ms:9.3f} {row.throughput:8.1f} "
                      f"{shown}")
     return "\n".join(lines)
