@@ -280,6 +280,7 @@ class QuantConfig:
     per_channel: bool = True
     activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
     reduce_range: bool = False  # onnxruntime calibrator: 7-bit weights (for ORT's own kernels)
+    model_type: str | None = None  # nncf calibrator: null (CNNs) or transformer (SmoothQuant)
     calibration: SampleSetConfig = field(default_factory=SampleSetConfig)
     validation: SampleSetConfig = field(default_factory=SampleSetConfig)
     max_drop: float = 0.02  # largest accepted task-metric drop against float32
@@ -295,6 +296,9 @@ class QuantConfig:
                               f"{self.activation_type!r}")
         if self.keep_float_worst < 0:
             raise ConfigError("quant.keep_float_worst must be >= 0")
+        if self.model_type not in (None, "transformer"):
+            raise ConfigError("quant.model_type must be null or transformer, got "
+                              f"{self.model_type!r}")
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"quant.percentile must be in [90, 100], got {self.percentile}")
 

@@ -16,6 +16,7 @@ Each sample is preprocessed exactly as the model's verification input (``compile
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import re
 import zipfile
@@ -59,7 +60,8 @@ def words(corpus: str) -> list[str]:
         ``csv``, ``textwrap``, ``string``, ``argparse`` and ``logging``.
     """
     if corpus == "zen":
-        import this
+        with contextlib.redirect_stdout(io.StringIO()):  # importing ``this`` prints the poem
+            import this
 
         text = codecs.decode(this.s, "rot13")
     elif corpus == "stdlib":

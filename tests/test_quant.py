@@ -7,10 +7,13 @@ import re
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
+from compile.datasets import load_samples
 from compile.errors import ConfigError, QuantizationError
 from compile.job import run_compile
+from compile.quantize import quantize
+from runner import TensorSpec
 from runner.manifest import read_manifest
 
 from . import models
@@ -126,3 +129,26 @@ def test_fp16_cuda_build_has_half_kernels(tiny_dir, job_for, tmp_path):
     fused = (dump / "03_fuse.py").read_text()
     assert 'matmul' in fused and '"float16"' in fused  # the matmul kernel computes in half
     assert json.dumps(manifest)
+
+
+def test_opset_12_model_gets_per_channel_weights(tmp_path, job_for, npz):
+    # QuantizeLinear has no axis before opset 13: the model is converted first, so the
+    # weights are still quantized per output channel (per tensor wrecked PP-OCRv4 rec).
+    model = models.conv_bn_relu()
+    model.opset_import[0].version = 12
+    job = job_for(tmp_path / "unused.onnx", *int8_overrides(npz))
+    spec = TensorSpec("x", (1, 3, 16, 16), "float32")
+    calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
+    qdq = quantize(model, "0" * 64, job.quant, calibration, tmp_path, []).model
+    initializers = {t.name: t for t in qdq.graph.initializer}
+    weight_scales = [numpy_helper.to_array(initializers[n.input[1]]).size
+                     for n in qdq.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+                     and numpy_helper.to_array(initializers[n.input[0]]).ndim == 4]
+    assert sorted(weight_scales) == [4, 8]  # one scale per output channel of each Conv
+
+
+@pytest.mark.parametrize("override", ["quant.model_type=cnn"])
+def test_unknown_model_type_is_a_config_error(override):
+    with pytest.raises(ConfigError, match="model_type"):
+        compose("model=ppocr_rec", "quant=int8", override)
