@@ -277,6 +277,14 @@ class _Progress:
             # joining the task it has just picked, and then asserts that task is alive.
             self.stopped_by_time = True
             log.info("tuning.max_time_min=%s reached: stopping", self.cfg.max_time_min)
+            # Candidates of other tasks may be built and measuring (the first round sends every
+            # task before joining any): join them so their records reach the database too.
+            for other in range(len(self.chosen)):
+                if other != task_id:
+                    try:
+                        scheduler.join_running_task(other)
+                    except Exception:  # noqa: BLE001 - nothing in flight for that task
+                        pass
             raise _TimeUp(f"tuning.max_time_min={self.cfg.max_time_min} reached")
 
     def close(self) -> None:

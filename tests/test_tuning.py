@@ -229,10 +229,11 @@ def test_task_whose_candidates_all_fail_is_reported(tiny_dir, tmp_path):
 
 
 def test_wall_clock_cap_stops_and_keeps_records(tiny_dir, tmp_path):
-    # max_time_min is spent before the first batch is back: the job stops after that batch,
-    # keeps its records and finishes (provenance, prune) instead of crashing the scheduler.
+    # max_time_min is spent before the first batch is back: the job stops after the batches in
+    # flight (one per task in the first round), keeps their records and finishes (provenance,
+    # prune) instead of crashing the scheduler.
     result = run_tune(tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path,
-                               "tuning.max_time_min=0.0001"))
-    assert 0 < result.trials_run < 8
+                               "tuning.max_time_min=0.0001", "tuning.trials=16"))
+    assert result.trials_run == 8  # 2 tasks x 4 candidates, of a budget of 16
     assert count_records(result.database) == result.trials_run
     assert read_provenance(result.database)["trials_total"] == result.trials_run
