@@ -32,6 +32,11 @@ _DIRECT_OPS = {"If", "Constant"}
 _DEFAULT_DOMAINS = {"", "ai.onnx"}
 
 
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (``ai.onnx``) opset version, 0 when it declares none."""
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+
+
 @dataclass
 class ImportedModel:
     """The result of the import stage.
@@ -261,9 +266,8 @@ def import_model(path: Path, config: ModelConfig, rewrite: Rewrite | None = None
     prepared = fold(model, specs) if config.fold_constants else model
     if rewrite is not None:
         prepared = rewrite(prepared, specs)
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
-    import_opset = next((o.version for o in prepared.opset_import
-                         if o.domain in _DEFAULT_DOMAINS), opset)
+    opset = onnx_opset(model)
+    import_opset = onnx_opset(prepared) or opset
     try:
         mod = _tvm.from_onnx(prepared, shape_dict={s.name: list(s.shape) for s in specs},
                              dtype_dict={s.name: s.dtype for s in specs}, opset=import_opset)

@@ -37,6 +37,7 @@ import onnx.version_converter
 from .config import CalibrationMethod, Calibrator, QuantConfig
 from .datasets import SampleSet
 from .errors import QuantizationError
+from .importer import onnx_opset
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,6 @@ def _onnxruntime_quantize(source: Path, out: Path, cfg: QuantConfig, calibration
 PER_CHANNEL_OPSET = 13  # QuantizeLinear/DequantizeLinear take an axis from opset 13 on
 
 
-def _onnx_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibration: SampleSet,
                    exclude: list[str]) -> None:
     if cfg.method == CalibrationMethod.entropy:
@@ -167,7 +164,7 @@ def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibrati
             activations_range_estimator_params=RangeEstimatorParametersSet.QUANTILE)
     preset = (nncf.QuantizationPreset.PERFORMANCE if cfg.activation_type == "int8"
               else nncf.QuantizationPreset.MIXED)
-    opset = _onnx_opset(fp32)
+    opset = onnx_opset(fp32)
     if opset < PER_CHANNEL_OPSET:
         # QuantizeLinear has no axis before opset 13: NNCF would fall back to per-tensor
         # weights, which wrecks PP-OCRv4 rec (every validation line wrong; per channel: 85 %).
