@@ -104,9 +104,45 @@ class GemmExpected:
         return y
 
 
+B_FLOAT = RNG.standard_normal(6).astype(np.float32)
+
+
+@tvm.script.ir_module
+class FlattenGemmBefore:
+    """A classifier head: Flatten after the dequantize, float Gemm output (no quantize)."""
+
+    @R.function
+    def main(x: R.Tensor((1, 8, 1, 1), "uint8")) -> R.Tensor((1, 6), "float32"):
+        with R.dataflow():
+            dx = R.dequantize(x, R.const(S_X, "float32"), R.const(Z_X, "uint8"), axis=1)
+            flat = R.reshape(dx, R.shape([1, 8]))
+            dw = R.dequantize(R.const(W_MM), R.const(S_W_MM), R.const(Z_W_MM), axis=-2)
+            mm = R.matmul(flat, R.permute_dims(dw))
+            y = R.add(mm, R.const(B_FLOAT))
+            R.output(y)
+        return y
+
+
+@tvm.script.ir_module
+class FlattenGemmExpected:
+    @R.function
+    def main(x: R.Tensor((1, 8, 1, 1), "uint8")) -> R.Tensor((1, 6), "float32"):
+        with R.dataflow():
+            flat = R.reshape(x, R.shape([1, 8]))
+            acc = R.matmul(flat, R.const(np.ascontiguousarray(W_MM.T)), out_dtype="int32")
+            offset = (-Z_X * W_MM.astype(np.int64).sum(axis=1)).astype(np.int32)
+            acc2 = R.add(acc, R.const(offset))
+            scale = (np.float64(np.float32(S_X)) * S_W_MM.astype(np.float64)).astype(np.float32)
+            mm = R.multiply(R.astype(acc2, "float32"), R.const(scale))
+            y = R.add(mm, R.const(B_FLOAT))
+            R.output(y)
+        return y
+
+
 @pytest.mark.parametrize("before, expected, ops", [
     (ConvBefore, ConvExpected, ["conv2d"]),
     (GemmBefore, GemmExpected, ["matmul"]),
+    (FlattenGemmBefore, FlattenGemmExpected, ["matmul"]),
 ])
 def test_rewrite_matches_expected(before, expected, ops):
     lower = LowerQDQToInteger()
@@ -142,14 +178,17 @@ def _run(mod, x):
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-@pytest.mark.parametrize("before", [ConvBefore, GemmBefore])
+@pytest.mark.parametrize("before", [ConvBefore, GemmBefore, FlattenGemmBefore])
 def test_integer_result_equals_fake_quant_within_one_step(before):
     shape = [int(d) for d in before["main"].params[0].ty.shape.values]
     dtype = str(before["main"].params[0].ty.dtype)
     info = np.iinfo(dtype)
     x = RNG.integers(info.min, info.max + 1, shape).astype(dtype)
-    fake = _run(before, x).astype(np.int32)
-    integer = _run(LowerQDQToInteger()(before), x).astype(np.int32)
+    fake, integer = _run(before, x), _run(LowerQDQToInteger()(before), x)
+    if fake.dtype.kind == "f":  # dequantized output: the integer sum is exact
+        np.testing.assert_allclose(integer, fake, rtol=1e-5, atol=1e-5)
+        return
+    fake, integer = fake.astype(np.int32), integer.astype(np.int32)
     assert np.abs(fake - integer).max() <= 1
     assert (fake == integer).mean() > 0.95
 
