@@ -161,7 +161,7 @@ def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibrati
     advanced = None
     if cfg.method == CalibrationMethod.percentile:
         advanced = AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.QUANTILE)
+            activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE)
     preset = (nncf.QuantizationPreset.PERFORMANCE if cfg.activation_type == "int8"
               else nncf.QuantizationPreset.MIXED)
     opset = onnx_opset(fp32)

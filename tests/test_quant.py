@@ -152,3 +152,18 @@ def test_opset_12_model_gets_per_channel_weights(tmp_path, job_for, npz):
 def test_unknown_model_type_is_a_config_error(override):
     with pytest.raises(ConfigError, match="model_type"):
         compose("model=ppocr_rec", "quant=int8", override)
+
+
+@pytest.mark.parametrize("calibrator, method", [
+    ("nncf", "minmax"), ("nncf", "percentile"),
+    ("onnxruntime", "minmax"), ("onnxruntime", "percentile"), ("onnxruntime", "entropy"),
+])
+def test_every_calibration_method_quantizes(tmp_path, job_for, npz, calibrator, method):
+    # Each calibrator/method pair the config accepts must run (nncf 3.4 renamed its quantile
+    # range estimator, which broke quant.method=percentile unnoticed).
+    job = job_for(tmp_path / "unused.onnx", *int8_overrides(
+        npz, f"quant.calibrator={calibrator}", f"quant.method={method}"))
+    spec = TensorSpec("x", (1, 3, 16, 16), "float32")
+    calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
+    quantized = quantize(models.conv_bn_relu(), "0" * 64, job.quant, calibration, tmp_path, [])
+    assert len(quantized.quantized) == 2 and quantized.settings["method"].lower() == method
