@@ -36,6 +36,10 @@ def summary(result: CompileResult) -> str:
             verdict = "passed" if g["passed"] else "FAILED"
             lines.append(f"gate       {verdict}: {g['metric']} drop {g['drop']:.2%} (max "
                          f"{g['max_drop']:.2%}) vs float32 on {g['validation']}")
+            if "top1_confident" in g:
+                lines.append(f"           top-1 agreement {g['top1_confident']:.1%} on the "
+                             f"{g['confident_share']:.0%} of samples where float32's top-1 leads "
+                             "its top-2 by >= 0.1 probability")
     if v["status"] == "skipped":
         lines.append(f"verify     skipped: {v['reason']}")
     else:

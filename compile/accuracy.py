@@ -2,7 +2,10 @@
 
 Task metrics (int8 answers against float32 answers on the same inputs):
 
-* image classification: top-1 agreement and mean top-5 overlap; drop = 1 - top-1 agreement;
+* image classification: top-1 agreement and mean top-5 overlap; drop = 1 - top-1 agreement.
+  Also reported, not gated: top-1 agreement on the samples where float32 itself is sure
+  (``top1_confident``: top-1 minus top-2 softmax probability >= ``CONFIDENT_MARGIN``) and
+  their share (``confident_share``); near ties flip under any perturbation of the logits;
 * text recognition: exact text match; drop = 1 - match rate;
 * text direction: label agreement; drop = 1 - agreement;
 * text detection: mean IoU of the binarized probability maps and region-count agreement;
@@ -21,6 +24,17 @@ import numpy as np
 from .config import Task
 from .datasets import SampleSet
 from .samples import task_answer, text_regions
+
+#: Softmax margin (top-1 minus top-2 probability of the float32 model) above which a
+#: classification sample counts as one the float32 model is sure of.
+CONFIDENT_MARGIN = 0.1
+
+
+def _softmax_margin(logits: np.ndarray) -> float:
+    z = logits.astype(np.float64).reshape(-1)
+    p = np.exp(z - z.max())
+    top2 = np.sort(p / p.sum())[-2:]
+    return float(top2[1] - top2[0])
 
 
 @dataclass
@@ -70,7 +84,8 @@ def evaluate(task: Task, run_ours: Callable[[dict], dict], run_ref: Callable[[di
         a, b = task_answer(task, ours, metadata), task_answer(task, ref, metadata)
         if task == Task.image_classification:
             row = {"top1": float(a["top1"] == b["top1"]),
-                   "top5_overlap": len(set(a["top5"]) & set(b["top5"])) / 5}
+                   "top5_overlap": len(set(a["top5"]) & set(b["top5"])) / 5,
+                   "margin": _softmax_margin(next(iter(ref.values())))}
         elif task == Task.text_detection:
             _, mask_a = text_regions(next(iter(ours.values())))
             _, mask_b = text_regions(next(iter(ref.values())))
@@ -82,9 +97,16 @@ def evaluate(task: Task, run_ours: Callable[[dict], dict], run_ref: Callable[[di
         else:
             row = {"cosine": float(np.mean([_cosine(ours[k], ref[k]) for k in ref]))}
         per_sample.append(row)
-        if min(row.values()) < 1.0 and len(disagreements) < 20:
+        scores = [v for k, v in row.items() if k != "margin"]
+        if min(scores) < 1.0 and len(disagreements) < 20:
             disagreements.append({"sample": index, "quantized": a, "float32": b, **row})
-    metrics = {f"{k}": float(np.mean([r[k] for r in per_sample])) for k in per_sample[0]}
+    metrics = {f"{k}": float(np.mean([r[k] for r in per_sample])) for k in per_sample[0]
+               if k != "margin"}
+    if task == Task.image_classification:
+        sure = [r["top1"] for r in per_sample if r["margin"] >= CONFIDENT_MARGIN]
+        metrics["confident_share"] = len(sure) / len(per_sample)
+        if sure:
+            metrics["top1_confident"] = float(np.mean(sure))
     primary = {Task.image_classification: "top1", Task.text_detection: "map_iou",
                Task.text_recognition: "match", Task.text_direction: "match"}.get(task, "cosine")
     return GateResult(metrics, 1.0 - metrics[primary], max_drop, len(per_sample), primary,
