@@ -167,3 +167,25 @@ def test_every_calibration_method_quantizes(tmp_path, job_for, npz, calibrator, 
     calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
     quantized = quantize(models.conv_bn_relu(), "0" * 64, job.quant, calibration, tmp_path, [])
     assert len(quantized.quantized) == 2 and quantized.settings["method"].lower() == method
+
+
+def test_classification_gate_separates_near_ties():
+    # Four samples: float32 sure on two (one flipped by int8), near a tie on two (one flipped).
+    from compile.accuracy import evaluate
+    from compile.config import Task
+    from compile.datasets import SampleSet
+
+    def logits(first, second, margin):
+        z = np.zeros((1, 1000), np.float32)
+        z[0, first], z[0, second] = margin, 0.1
+        return z
+
+    ref = [logits(1, 2, 8.0), logits(3, 4, 8.0), logits(5, 6, 0.12), logits(7, 8, 0.12)]
+    ours = [logits(1, 2, 8.0), logits(4, 3, 8.0), logits(5, 6, 0.12), logits(8, 7, 0.12)]
+    samples = SampleSet([{"i": np.array(i)} for i in range(4)], "four synthetic logits")
+    result = evaluate(Task.image_classification, lambda s: {"y": ours[int(s["i"])]},
+                      lambda s: {"y": ref[int(s["i"])]}, samples, {}, max_drop=0.4)
+    assert result.metrics["top1"] == 0.5 and result.drop == 0.5 and not result.passed
+    assert result.metrics["confident_share"] == 0.5
+    assert result.metrics["top1_confident"] == 0.5
+    assert [d["sample"] for d in result.disagreements] == [1, 3]
