@@ -281,6 +281,7 @@ class QuantConfig:
     activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
     reduce_range: bool = False  # onnxruntime calibrator: 7-bit weights (for ORT's own kernels)
     model_type: str | None = None  # nncf calibrator: null (CNNs) or transformer (SmoothQuant)
+    bias_correction: str = "full"  # nncf calibrator: full | fast | none
     calibration: SampleSetConfig = field(default_factory=SampleSetConfig)
     validation: SampleSetConfig = field(default_factory=SampleSetConfig)
     max_drop: float = 0.02  # largest accepted task-metric drop against float32
@@ -299,6 +300,9 @@ class QuantConfig:
         if self.model_type not in (None, "transformer"):
             raise ConfigError("quant.model_type must be null or transformer, got "
                               f"{self.model_type!r}")
+        if self.bias_correction not in ("full", "fast", "none"):
+            raise ConfigError("quant.bias_correction must be full, fast or none, got "
+                              f"{self.bias_correction!r}")
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"quant.percentile must be in [90, 100], got {self.percentile}")
 

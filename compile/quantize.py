@@ -116,6 +116,7 @@ def settings(cfg: QuantConfig, exclude: list[str]) -> dict[str, Any]:
             "percentile": cfg.percentile, "per_channel": cfg.per_channel,
             "activation_type": cfg.activation_type, "weight_type": "int8",
             "reduce_range": cfg.reduce_range, "model_type": cfg.model_type,
+            "bias_correction": cfg.bias_correction,
             "calibration": {"source": cfg.calibration.source.name,
                             "samples": cfg.calibration.samples, "seed": cfg.calibration.seed,
                             "package": cfg.calibration.package, "files": cfg.calibration.files,
@@ -158,10 +159,9 @@ def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibrati
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    advanced = None
+    advanced = {"disable_bias_correction": cfg.bias_correction == "none"}
     if cfg.method == CalibrationMethod.percentile:
-        advanced = AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE)
+        advanced["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
     preset = (nncf.QuantizationPreset.PERFORMANCE if cfg.activation_type == "int8"
               else nncf.QuantizationPreset.MIXED)
     opset = onnx_opset(fp32)
@@ -174,9 +174,9 @@ def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibrati
     model_type = nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer" else None
     quantized = nncf.quantize(fp32, nncf.Dataset(calibration.samples), preset=preset,
                               model_type=model_type, subset_size=len(calibration),
-                              fast_bias_correction=True,
+                              fast_bias_correction=cfg.bias_correction == "fast",
                               ignored_scope=nncf.IgnoredScope(names=list(exclude)),
-                              advanced_parameters=advanced)
+                              advanced_parameters=AdvancedQuantizationParameters(**advanced))
     onnx.save(quantized, str(out))
 
 

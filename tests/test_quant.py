@@ -154,15 +154,18 @@ def test_unknown_model_type_is_a_config_error(override):
         compose("model=ppocr_rec", "quant=int8", override)
 
 
-@pytest.mark.parametrize("calibrator, method", [
-    ("nncf", "minmax"), ("nncf", "percentile"),
-    ("onnxruntime", "minmax"), ("onnxruntime", "percentile"), ("onnxruntime", "entropy"),
+@pytest.mark.parametrize("calibrator, method, extra", [
+    ("nncf", "minmax", "quant.bias_correction=full"),
+    ("nncf", "minmax", "quant.bias_correction=fast"),
+    ("nncf", "minmax", "quant.bias_correction=none"), ("nncf", "percentile", ""),
+    ("onnxruntime", "minmax", ""), ("onnxruntime", "percentile", ""),
+    ("onnxruntime", "entropy", ""),
 ])
-def test_every_calibration_method_quantizes(tmp_path, job_for, npz, calibrator, method):
+def test_every_calibration_method_quantizes(tmp_path, job_for, npz, calibrator, method, extra):
     # Each calibrator/method pair the config accepts must run (nncf 3.4 renamed its quantile
     # range estimator, which broke quant.method=percentile unnoticed).
     job = job_for(tmp_path / "unused.onnx", *int8_overrides(
-        npz, f"quant.calibrator={calibrator}", f"quant.method={method}"))
+        npz, f"quant.calibrator={calibrator}", f"quant.method={method}", *filter(None, [extra])))
     spec = TensorSpec("x", (1, 3, 16, 16), "float32")
     calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
     quantized = quantize(models.conv_bn_relu(), "0" * 64, job.quant, calibration, tmp_path, [])
@@ -189,3 +192,8 @@ def test_classification_gate_separates_near_ties():
     assert result.metrics["confident_share"] == 0.5
     assert result.metrics["top1_confident"] == 0.5
     assert [d["sample"] for d in result.disagreements] == [1, 3]
+
+
+def test_bias_correction_must_be_known():
+    with pytest.raises(ConfigError, match="bias_correction"):
+        compose("model=mobilenet_v2", "quant=int8", "quant.bias_correction=slow")
