@@ -78,14 +78,15 @@ def evaluate(task: Task, run_ours: Callable[[dict], dict], run_ref: Callable[[di
         The gate's threshold.
     """
     per_sample: list[dict[str, float]] = []
+    margins: list[float] = []  # classification: float32's top-1 minus top-2 probability
     disagreements = []
     for index, inputs in enumerate(samples.samples):
         ours, ref = run_ours(inputs), run_ref(inputs)
         a, b = task_answer(task, ours, metadata), task_answer(task, ref, metadata)
         if task == Task.image_classification:
             row = {"top1": float(a["top1"] == b["top1"]),
-                   "top5_overlap": len(set(a["top5"]) & set(b["top5"])) / 5,
-                   "margin": _softmax_margin(next(iter(ref.values())))}
+                   "top5_overlap": len(set(a["top5"]) & set(b["top5"])) / 5}
+            margins.append(_softmax_margin(next(iter(ref.values()))))
         elif task == Task.text_detection:
             _, mask_a = text_regions(next(iter(ours.values())))
             _, mask_b = text_regions(next(iter(ref.values())))
@@ -97,13 +98,12 @@ def evaluate(task: Task, run_ours: Callable[[dict], dict], run_ref: Callable[[di
         else:
             row = {"cosine": float(np.mean([_cosine(ours[k], ref[k]) for k in ref]))}
         per_sample.append(row)
-        scores = [v for k, v in row.items() if k != "margin"]
-        if min(scores) < 1.0 and len(disagreements) < 20:
+        if min(row.values()) < 1.0 and len(disagreements) < 20:
             disagreements.append({"sample": index, "quantized": a, "float32": b, **row})
-    metrics = {f"{k}": float(np.mean([r[k] for r in per_sample])) for k in per_sample[0]
-               if k != "margin"}
-    if task == Task.image_classification:
-        sure = [r["top1"] for r in per_sample if r["margin"] >= CONFIDENT_MARGIN]
+    metrics = {f"{k}": float(np.mean([r[k] for r in per_sample])) for k in per_sample[0]}
+    if margins:
+        sure = [r["top1"] for r, m in zip(per_sample, margins, strict=True)
+                if m >= CONFIDENT_MARGIN]
         metrics["confident_share"] = len(sure) / len(per_sample)
         if sure:
             metrics["top1_confident"] = float(np.mean(sure))

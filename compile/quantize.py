@@ -3,8 +3,9 @@
 Two calibrators write QDQ ONNX (QuantizeLinear/DequantizeLinear pairs, weights int8 symmetric per
 channel, activations per tensor):
 
-* ``nncf`` (default): ``nncf.quantize`` with min-max (or quantile) ranges and fast bias
-  correction; ``quant.model_type=transformer`` adds NNCF's SmoothQuant and attention rules.
+* ``nncf`` (default): ``nncf.quantize`` with min-max (or quantile) ranges and bias correction
+  (``quant.bias_correction``: full, fast or none); ``quant.model_type=transformer`` adds NNCF's
+  SmoothQuant and attention rules.
   Models below opset 13 are converted to opset 13 first (``QuantizeLinear`` has no per-channel
   axis before it). On MobileNetV2 here it kept 87-91 % of top-1 answers where ONNX Runtime's
   calibrator kept 59 % (same calibration and validation photos).

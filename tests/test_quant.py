@@ -131,14 +131,19 @@ def test_fp16_cuda_build_has_half_kernels(tiny_dir, job_for, tmp_path):
     assert json.dumps(manifest)
 
 
+def tiny_calibration(job, cache_dir):
+    """conv_bn_relu's calibration set as the job describes it."""
+    spec = TensorSpec("x", (1, 3, 16, 16), "float32")
+    return load_samples(job.quant.calibration, job.model, [spec], cache_dir)
+
+
 def test_opset_12_model_gets_per_channel_weights(tmp_path, job_for, npz):
     # QuantizeLinear has no axis before opset 13: the model is converted first, so the
     # weights are still quantized per output channel (per tensor wrecked PP-OCRv4 rec).
     model = models.conv_bn_relu()
     model.opset_import[0].version = 12
     job = job_for(tmp_path / "unused.onnx", *int8_overrides(npz))
-    spec = TensorSpec("x", (1, 3, 16, 16), "float32")
-    calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
+    calibration = tiny_calibration(job, tmp_path)
     qdq = quantize(model, "0" * 64, job.quant, calibration, tmp_path, []).model
     initializers = {t.name: t for t in qdq.graph.initializer}
     weight_scales = [numpy_helper.to_array(initializers[n.input[1]]).size
@@ -166,8 +171,7 @@ def test_every_calibration_method_quantizes(tmp_path, job_for, npz, calibrator, 
     # range estimator, which broke quant.method=percentile unnoticed).
     job = job_for(tmp_path / "unused.onnx", *int8_overrides(
         npz, f"quant.calibrator={calibrator}", f"quant.method={method}", *filter(None, [extra])))
-    spec = TensorSpec("x", (1, 3, 16, 16), "float32")
-    calibration = load_samples(job.quant.calibration, job.model, [spec], tmp_path)
+    calibration = tiny_calibration(job, tmp_path)
     quantized = quantize(models.conv_bn_relu(), "0" * 64, job.quant, calibration, tmp_path, [])
     assert len(quantized.quantized) == 2 and quantized.settings["method"].lower() == method
 
