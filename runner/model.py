@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ def _import_tvm_runtime(num_threads: int | None):
 
     ``TVM_USE_RUNTIME_LIB=1`` makes ``import tvm`` load ``libtvm_runtime`` alone (about half the
     import time and memory; ../shared/TVM_0_27.md). ``TVM_NUM_THREADS`` sizes TVM's thread pool
-    when it starts (TVM's default is half the logical cores: 1 on a 2-core machine); a pool that
-    already runs is resized with ``runtime.config_threadpool``.
+    for threads that start a pool later (TVM's default is half the logical cores); the calling
+    thread's pool is sized by ``_configure_thread_pool``.
     """
     loaded = "tvm" in sys.modules
     if num_threads:
@@ -60,16 +61,41 @@ def _import_tvm_runtime(num_threads: int | None):
     import tvm
     import tvm.runtime.vm  # noqa: F401  (not imported by ``import tvm`` in runtime-only mode)
 
-    if loaded and num_threads:
-        # Affinity mode -2 pins one worker per listed CPU, and the calling thread too: restore
-        # the caller's mask, or everything it starts later (ONNX Runtime's threads, say) would
-        # inherit a single CPU.
-        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-        cpus = [str(c) for c in (sorted(allowed) or range(num_threads))][:num_threads]
-        tvm.get_global_func("runtime.config_threadpool")(-2, num_threads, cpus)
-        if allowed:
-            os.sched_setaffinity(0, allowed)
+    if num_threads:
+        _configure_thread_pool(tvm, num_threads)
     return tvm
+
+
+def _configure_thread_pool(tvm, num_threads: int) -> None:
+    """Use ``num_threads`` workers of the calling thread's TVM pool, one per allowed CPU.
+
+    TVM fixes a pool's worker count when the pool starts (``src/runtime/thread_pool.cc``:
+    ``UpdateWorkerConfiguration`` takes the minimum with it) and has no reset, so a pool first
+    configured for 1 thread stays at 1 when 2 are asked later, while still paying the pool's
+    hand-off. The pool is therefore always configured over every CPU this process may use, and
+    ``num_threads`` of them run the work.
+
+    Warns
+    -----
+    RuntimeWarning
+        TVM's pool had already started, smaller, before this call (by code outside the runner):
+        fewer threads than asked will run.
+    """
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pool = allowed or list(range(os.cpu_count() or num_threads))
+    while len(pool) < num_threads:  # more threads than CPUs: they share the CPUs
+        pool += pool[:num_threads - len(pool)]
+    # Affinity mode -2 pins one worker per listed CPU, and the calling thread too: restore
+    # the caller's mask, or everything it starts later (ONNX Runtime's threads, say) would
+    # inherit a single CPU.
+    tvm.get_global_func("runtime.config_threadpool")(-2, num_threads, [str(c) for c in pool])
+    if allowed:
+        os.sched_setaffinity(0, allowed)
+    used = tvm.get_global_func("runtime.NumThreads")()
+    if used != num_threads:
+        warnings.warn(f"TVM's thread pool in this process already runs {used} workers and "
+                      f"cannot grow to {num_threads}: load the model in a fresh process",
+                      RuntimeWarning, stacklevel=4)
 
 
 @dataclass(frozen=True)

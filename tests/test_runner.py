@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -124,8 +125,27 @@ def test_cli_tampered_one_line(artifact_copy):
 
 
 def test_thread_count_leaves_the_callers_cpus_alone(tiny_artifact):
-    import os
-
     before = os.sched_getaffinity(0)
     runner.load(tiny_artifact, num_threads=1).run({"x": np.zeros((1, 3, 16, 16), np.float32)})
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_thread_count_can_grow_after_a_smaller_one(tiny_artifact):
+    # TVM's pool keeps the worker count it started with: a benchmark that loaded 1 thread and
+    # then 2 ran on one worker plus the pool's hand-off (2x slower), with the compiler loaded.
+    code = textwrap.dedent(f"""
+        import warnings
+        import numpy as np
+        import tvm, tvm.relax  # the compiler, as in the benchmark job
+        import runner
+        warnings.simplefilter("error")
+        x = {{"x": np.zeros((1, 3, 16, 16), np.float32)}}
+        for threads in (1, 2):
+            runner.load({str(tiny_artifact)!r}, num_threads=threads).run(x)
+            print(tvm.get_global_func("runtime.NumThreads")())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "2"]
