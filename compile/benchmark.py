@@ -103,6 +103,7 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
     fresh = (manifest["model"]["onnx_sha256"] == prepared.imported.onnx_sha256
              and manifest["tuning"]["database_sha256"] == sha
              and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
+             and manifest["pipeline"].get("max_unroll_steps") == job.target.max_unroll_steps
              and manifest["quantization"].get("settings") == quantized
              and manifest["verification"]["status"] == "passed")
     return folder if fresh else None

@@ -156,6 +156,9 @@ class TargetConfig:
     max_shared_memory_per_block: int | None = None  # cuda, bytes (dlight's tiling budget)
     cross_compiler: str | None = None  # export_library's compiler, e.g. aarch64-linux-gnu-gcc
     cross_compiler_package: str | None = None  # the Debian package that provides it
+    # CPU: cap on the explicit unrolling tuned schedules ask for (compile.passes.CapUnroll;
+    # code size), null = as tuned
+    max_unroll_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind == TargetKind.cuda:
@@ -166,6 +169,9 @@ class TargetConfig:
             raise ConfigError(f"target {self.name}: target.arch is for kind=cuda only")
         if self.num_cores is not None and self.num_cores < 1:
             raise ConfigError(f"target.num_cores must be >= 1 or null, got {self.num_cores}")
+        if self.max_unroll_steps is not None and self.max_unroll_steps < 0:
+            raise ConfigError("target.max_unroll_steps must be >= 0 or null, got "
+                              f"{self.max_unroll_steps}")
 
     @property
     def device(self) -> str:

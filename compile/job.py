@@ -193,7 +193,8 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
             device=cfg_t.device, library=stage.library, library_arch=library_arch(cfg_t),
             device_code=built.device_code,
             pipeline={"name": pipeline.name, "fingerprint": pipeline.fingerprint,
-                      "passes": pipeline.pass_names},
+                      "passes": pipeline.pass_names,
+                      "max_unroll_steps": cfg_t.max_unroll_steps},
             quantization=quantization, tuning=tuning)
         write_json_atomic(stage.manifest, build_manifest(**manifest_args,
                                                          verification={"status": "pending"}))

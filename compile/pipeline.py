@@ -17,7 +17,7 @@ import tvm
 
 from . import _tvm
 from .config import QuantScheme, TargetConfig, TargetKind
-from .passes import DumpIR, LowerQDQToInteger
+from .passes import CapUnroll, DumpIR, LowerQDQToInteger
 
 relax = _tvm.relax
 
@@ -136,11 +136,14 @@ def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
     On CPU, weight-layout rewrites chosen by tuned schedules are split into separate PrimFuncs
     and, the weights being constants, evaluated at compile time (TVM's ``static_shape_tuning``
     pipeline with ``cpu_weight_prepack``, without lifting weights into parameters): the artifact
-    embeds pre-packed weights and its interface stays the model's.
+    embeds pre-packed weights and its interface stays the model's. ``target.max_unroll_steps``
+    first caps the tuned schedules' explicit unrolling (``compile.passes.CapUnroll``).
     """
     if family(target) != "cpu":
         return tvm.transform.Sequential([])
+    cap = [] if target.max_unroll_steps is None else [CapUnroll(target.max_unroll_steps)]
     return tvm.transform.Sequential([
+        *cap,
         relax.transform.SplitLayoutRewritePreproc(),
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(),

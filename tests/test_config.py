@@ -58,6 +58,7 @@ def test_user_file_name_defaults_to_stem(tmp_path):
     ("model.atol=-1", "atol"),
     ("threads=0", "threads"),
     ("model.input_shapes={x:[1,0,4]}", "positive"),
+    ("target.max_unroll_steps=-1", "max_unroll_steps"),
 ])
 def test_bad_values_are_config_errors(override, needle):
     target = "target=cuda_sm80" if "arch" in override else "target=x86_64"

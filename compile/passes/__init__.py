@@ -1,6 +1,7 @@
-"""The project's own Relax passes, one per file, each named after its class."""
+"""The project's own passes (Relax, and TIR schedules), one per file, each named after its class."""
 
+from .cap_unroll import CapUnroll
 from .dump_ir import DumpIR
 from .lower_qdq_to_integer import LowerQDQToInteger
 
-__all__ = ["DumpIR", "LowerQDQToInteger"]
+__all__ = ["CapUnroll", "DumpIR", "LowerQDQToInteger"]
