@@ -112,12 +112,17 @@ def _quantized_nodes(qdq: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 def settings(cfg: QuantConfig, exclude: list[str]) -> dict[str, Any]:
-    """The quantizer settings as JSON data (cache key, MLflow params)."""
+    """The quantizer settings as JSON data (cache key, MLflow params).
+
+    Settings the chosen calibrator ignores are ``None``, so changing them re-uses the cache.
+    """
+    nncf = cfg.calibrator.value == "nncf"
     return {"calibrator": cfg.calibrator.value, "method": cfg.method.value,
             "percentile": cfg.percentile, "per_channel": cfg.per_channel,
             "activation_type": cfg.activation_type, "weight_type": "int8",
-            "reduce_range": cfg.reduce_range, "model_type": cfg.model_type,
-            "bias_correction": cfg.bias_correction,
+            "reduce_range": None if nncf else cfg.reduce_range,
+            "model_type": cfg.model_type if nncf else None,
+            "bias_correction": cfg.bias_correction if nncf else None,
             "calibration": {"source": cfg.calibration.source.name,
                             "samples": cfg.calibration.samples, "seed": cfg.calibration.seed,
                             "package": cfg.calibration.package, "files": cfg.calibration.files,

@@ -201,3 +201,16 @@ def test_classification_gate_separates_near_ties():
 def test_bias_correction_must_be_known():
     with pytest.raises(ConfigError, match="bias_correction"):
         compose("model=mobilenet_v2", "quant=int8", "quant.bias_correction=slow")
+
+
+def test_cache_key_holds_only_what_the_calibrator_uses():
+    from compile.quantize import settings
+
+    def key(*overrides):
+        return settings(compose("model=mobilenet_v2", "quant=int8", *overrides).quant, [])
+
+    ort = "quant.calibrator=onnxruntime"
+    assert key(ort, "quant.bias_correction=none") == key(ort, "quant.bias_correction=full")
+    assert key(ort, "quant.reduce_range=true") != key(ort)
+    assert key("quant.bias_correction=none") != key("quant.bias_correction=full")
+    assert key("quant.reduce_range=true") == key()
