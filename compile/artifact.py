@@ -60,7 +60,12 @@ class StagedArtifact:
         return self.path / MANIFEST_FILE
 
     def commit(self) -> Path:
-        """Replace ``final`` with the staged folder (two renames) and return ``final``."""
+        """Replace ``final`` with the staged folder (two renames) and return ``final``.
+
+        Sub-folders of the old ``final`` are other artifacts (the ``<model>/<target>/<scheme>``
+        variants under a float32 artifact): they move into the new folder, after the swap, so
+        an interruption leaves them in the ``.old-`` folder rather than deleting them.
+        """
         old = None
         if self.final.exists():
             old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
@@ -68,6 +73,9 @@ class StagedArtifact:
         os.replace(self.path, self.final)
         self.committed = True
         if old is not None:
+            for child in old.iterdir():
+                if child.is_dir() and not (self.final / child.name).exists():
+                    os.replace(child, self.final / child.name)
             shutil.rmtree(old, ignore_errors=True)
         return self.final
 

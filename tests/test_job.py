@@ -114,3 +114,21 @@ def test_cli_bad_override_is_a_config_error():
     proc = run_cli("compile", "model=ppocr_cls", "model.no_such_key=1", "tracking=off")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no_such_key" in proc.stderr
+
+
+def test_rebuilding_float32_keeps_its_quantized_variants(tmp_path):
+    # artifacts/<model>/<target>/int8 lives inside the float32 artifact's folder: replacing the
+    # float32 artifact once deleted the int8 one (found when compile.bench rebuilt both).
+    from compile.artifact import StagedArtifact
+
+    final = tmp_path / "mobilenet_v2" / "x86_64"
+    for content in (b"old", b"new"):
+        with StagedArtifact(final) as stage:
+            stage.library.write_bytes(content)
+            stage.commit()
+        if content == b"old":
+            (final / "int8").mkdir()
+            (final / "int8" / "model.so").write_bytes(b"int8")
+    assert (final / "model.so").read_bytes() == b"new"
+    assert (final / "int8" / "model.so").read_bytes() == b"int8"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["x86_64"]
