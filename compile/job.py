@@ -251,12 +251,13 @@ def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult,
     report = layer_report(prepared.fp32_onnx, prepared.quantized.path, validation)
     tracker.log_dict(report, f"layer_report_attempt{attempt}.json")
     worst = worst_layers(report, job.quant.keep_float_worst or 3)
-    shown = ", ".join(f"{r['node']} ({r['sqnr_db']:.1f} dB)" for r in report
+    shown = ", ".join(f"{r['node']} ({r['sensitivity_db']:+.1f} dB)" for r in report
                       if r["node"] in worst)
     error = QuantizationError(
         f"int8 accuracy gate failed: {gate.metric_name} drop {gate.drop:.2%} > quant.max_drop "
-        f"{gate.max_drop:.2%} on {gate.samples} validation samples; worst layers by SQNR: "
-        f"{shown}; keep them in float with quant.keep_float_worst=N or quant.exclude=[...]")
+        f"{gate.max_drop:.2%} on {gate.samples} validation samples; layers that hurt most "
+        f"(output SQNR gained when each alone stays float): {shown}; keep them in float with "
+        "quant.keep_float_worst=N or quant.exclude=[...]")
     error.worst_layers = worst if attempt == 1 else None  # type: ignore[attr-defined]
     return error
 

@@ -54,7 +54,7 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
 def test_gate_fails_with_too_strict_threshold(tiny_dir, job_for, npz, tmp_path):
     job = job_for(tiny_dir / "conv_bn_relu.onnx", *int8_overrides(npz, "quant.max_drop=0.0"))
     with pytest.raises(QuantizationError,
-                       match=r"accuracy gate failed: cosine drop .* worst layers"):
+                       match=r"accuracy gate failed: cosine drop .* layers that hurt most .*Conv"):
         run_compile(job)
     assert not (tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8").exists()
 
@@ -214,3 +214,24 @@ def test_cache_key_holds_only_what_the_calibrator_uses():
     assert key(ort, "quant.reduce_range=true") != key(ort)
     assert key("quant.bias_correction=none") != key("quant.bias_correction=full")
     assert key("quant.reduce_range=true") == key()
+
+
+def test_layer_report_ranks_the_layer_that_hurts(tmp_path, job_for, npz):
+    # One calibration sample with an outlier makes Conv_0's input scale ~100x too coarse:
+    # computing Conv_0 alone in float must recover the most output SQNR. The tiny model's nodes
+    # are unnamed: they get names, the same in the float and the quantized model.
+    from compile.datasets import SampleSet
+    from compile.quantize import layer_report, worst_layers
+
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.uniform(-1, 1, (1, 3, 16, 16)).astype("f4")} for _ in range(16)]
+    calibration[0]["x"][0, 0, 0, 0] = 200.0
+    validation = [{"x": rng.uniform(-1, 1, (1, 3, 16, 16)).astype("f4")} for _ in range(8)]
+    job = job_for(tmp_path / "unused.onnx", *int8_overrides(npz))
+    fp32 = models.conv_bn_relu()
+    quantized = quantize(fp32, "1" * 64, job.quant, SampleSet(calibration, "outlier"), tmp_path,
+                         [])
+    report = layer_report(fp32, quantized.path, SampleSet(validation, "uniform"))
+    assert [r["node"] for r in report] == ["Conv_0", "Conv_3"]
+    assert report[0]["sensitivity_db"] > 3 > report[1]["sensitivity_db"]
+    assert worst_layers(report, 1) == ["Conv_0"]
