@@ -281,8 +281,11 @@ def sqnr_db(reference: np.ndarray, value: np.ndarray) -> float:
 
 
 def _float_layer(qdq: onnx.ModelProto, fp32: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    """The QDQ model with node ``name`` computing in float: its activation input taken before
-    its QuantizeLinear, its weight and bias the float model's (not the bias-corrected ones)."""
+    """The QDQ model with node ``name`` computing in float.
+
+    Its activation input is taken before its QuantizeLinear, its weight and bias are the float
+    model's (not the bias-corrected ones).
+    """
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     producers = {o: n for n in model.graph.node for o in n.output}
