@@ -296,6 +296,8 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
                            "max_drop": job.quant.max_drop}
     if attempt == 1:
         tracker.log_params(params)
+    elif quant.get("kept_float"):  # the retry's layers kept in float (params are write-once)
+        tracker.log_params({"quant": {"kept_float": quant["kept_float"]}})
     metrics = dict(result.metrics)
     ver = result.verification
     if ver["status"] != "skipped":

@@ -235,3 +235,33 @@ def test_layer_report_ranks_the_layer_that_hurts(tmp_path, job_for, npz):
     assert [r["node"] for r in report] == ["Conv_0", "Conv_3"]
     assert report[0]["sensitivity_db"] > 3 > report[1]["sensitivity_db"]
     assert worst_layers(report, 1) == ["Conv_0"]
+
+
+def test_keep_float_worst_retries_with_the_most_sensitive_layer(tiny_dir, job_for, npz,
+                                                                 tmp_path):
+    import mlflow
+
+    model = tiny_dir / "conv_bn_relu.onnx"
+    with pytest.raises(QuantizationError) as failed:
+        run_compile(job_for(model, *int8_overrides(npz, "quant.max_drop=0.0")))
+    worst = failed.value.worst_layers[0]
+    drops = []
+    for exclude in ([], [worst]):
+        result = run_compile(job_for(model, *int8_overrides(
+            npz, "quant.max_drop=1.0", f"quant.exclude={exclude}".replace("'", ""))))
+        drops.append(result.quantization["gate"]["drop"])
+    assert drops[1] < drops[0]  # the float layer helps: a threshold between the two separates
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli("compile", "model=file", f"model.path={model}",
+                   *int8_overrides(npz, f"quant.max_drop={(drops[0] + drops[1]) / 2}",
+                                   "quant.keep_float_worst=1"),
+                   f"paths.artifacts_dir={tmp_path}/art", f"tracking.uri={uri}",
+                   "verify.bench_runs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "retrying with 1 layers in float" in proc.stdout + proc.stderr
+    manifest = read_manifest(tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8")
+    assert manifest["quantization"]["kept_float"] == [worst]
+    run_id = re.search(r"mlflow +run ([0-9a-f]{32})", proc.stdout).group(1)
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.data.params["quant.kept_float"] == str([worst])
+    assert run.data.tags["attempt"] == "2"
