@@ -74,11 +74,15 @@ class TaskStats:
         Why this run did not tune the task (converged, negligible).
     build_errors, run_errors : int
         Candidates that failed to build or to run in this run.
+    workload : str
+        Structural hash of the PrimFunc (hex): the key that survives Relax renaming the fused
+        kernels when the module changes (another ``quant.exclude``, say).
     """
 
     name: str
     flops: float
     weight: int
+    workload: str = ""
     trials: int = 0
     trials_run: int = 0
     best_us: float | None = None
@@ -166,14 +170,23 @@ def hide_torch_from_workers(cache_dir: str | Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
+def _workload(mod: Any) -> str:
+    return f"{_tvm.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def _task_stats(tasks: list[Any], provenance: dict[str, Any]) -> list[TaskStats]:
+    """Each task's history from the provenance: by workload hash, else by name (older files)."""
     known = provenance.get("tasks", {})
+    by_workload = {e["workload"]: e for e in known.values() if e.get("workload")}
     stats = []
     for task in tasks:
         mod = task.dispatched[0]
-        before = known.get(task.task_name, {})
+        workload = _workload(mod)
+        before = by_workload.get(workload) or known.get(task.task_name, {})
+        if before.get("workload", workload) != workload:
+            before = {}  # the same name for another kernel
         stats.append(TaskStats(task.task_name, float(_tvm.estimate_tir_flops(mod)),
-                               int(task.weight), trials=int(before.get("trials", 0)),
+                               int(task.weight), workload, trials=int(before.get("trials", 0)),
                                best_us=before.get("best_us"),
                                since_improvement=int(before.get("since_improvement", 0))))
     return stats
@@ -310,6 +323,14 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
                 stats: list[TaskStats], run: dict[str, Any], cfg: TuningConfig) -> dict[str, Any]:
     runs = list((old or {}).get("runs", []))
     runs = [r for r in runs if r.get("started_at") != run["started_at"]] + [run]
+    tasks = {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
+                      "best_us": s.best_us, "since_improvement": s.since_improvement,
+                      "workload": s.workload} for s in stats}
+    # Kernels of other variants of the model (another quant.exclude) keep their history.
+    current = {s.workload for s in stats}
+    for name, entry in (old or {}).get("tasks", {}).items():
+        if entry.get("workload") and entry["workload"] not in current and name not in tasks:
+            tasks[name] = entry
     return {
         "schema": PROVENANCE_SCHEMA,
         "model": model,
@@ -318,11 +339,9 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
         "host": {"cpu": host_cpu_name(), "llvm_cpu": str(_tvm.llvm_get_system_cpu()),
                  "cores": host_threads(), "machine": platform.machine()},
         "seed": cfg.seed,
-        "trials_total": sum(s.trials for s in stats),
+        "trials_total": sum(e["trials"] for e in tasks.values()),
         "wall_s_total": round(sum(r.get("wall_s", 0.0) for r in runs), 1),
-        "tasks": {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
-                           "best_us": s.best_us, "since_improvement": s.since_improvement}
-                  for s in stats},
+        "tasks": tasks,
         "runs": runs,
     }
 

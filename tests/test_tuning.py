@@ -237,3 +237,50 @@ def test_wall_clock_cap_stops_and_keeps_records(tiny_dir, tmp_path):
     assert result.trials_run == 8  # 2 tasks x 4 candidates, of a budget of 16
     assert count_records(result.database) == result.trials_run
     assert read_provenance(result.database)["trials_total"] == result.trials_run
+
+
+def test_task_history_follows_the_kernel_not_its_name():
+    # Relax numbers fused kernels across the whole module: another quant.exclude renames every
+    # task. The history must follow the kernel (a first version keyed by name reset 307 trials
+    # of mobilenet_v2's int8 database to 81), and other variants' entries must stay.
+    from types import SimpleNamespace
+
+    from tvm.script import ir as I
+    from tvm.script import tirx as T
+
+    from compile.tuning import _provenance, _task_stats, _workload
+
+    def kernel(n: int):
+        @I.ir_module
+        class Module:
+            @T.prim_func(s_tir=True)
+            def main(A: T.Buffer((n,), "float32"), B: T.Buffer((n,), "float32")):
+                for i in range(n):
+                    with T.sblock("B"):
+                        vi = T.axis.spatial(n, i)
+                        B[vi] = A[vi] + T.float32(1)
+
+        return Module
+
+    ours, other = kernel(64), kernel(32)
+    task = SimpleNamespace(task_name="fused_add2", dispatched=[ours], weight=1)
+    old = {"tasks": {
+        "fused_add1": {"trials": 40, "best_us": 3.0, "since_improvement": 2,
+                       "workload": _workload(ours)},
+        "fused_add2": {"trials": 7, "best_us": 9.0, "workload": _workload(other)}}}
+    (stats,) = _task_stats([task], old)
+    assert (stats.trials, stats.best_us, stats.since_improvement) == (40, 3.0, 2)
+    (by_name,) = _task_stats([task], {"tasks": {"fused_add2": {"trials": 5, "best_us": 1.0}}})
+    assert by_name.trials == 5  # provenance written before workloads were recorded
+    prepared = SimpleNamespace(database_key=SimpleNamespace(as_dict=dict),
+                               pipeline=SimpleNamespace(name="cpu"))
+    stats.trials += 8
+    written = _provenance(prepared, "m", old, [stats], {"started_at": "now"},
+                          SimpleNamespace(seed=0))
+    assert written["tasks"]["fused_add2"]["trials"] == 48
+    assert "fused_add1" not in written["tasks"]  # the same kernel, now under its new name
+    assert written["trials_total"] == 48
+    other_variant = {"tasks": {"fused_mul9": {"trials": 12, "workload": "ffff"}}}
+    written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
+                          SimpleNamespace(seed=0))
+    assert written["tasks"]["fused_mul9"]["trials"] == 12 and written["trials_total"] == 60
