@@ -373,14 +373,12 @@ def layer_report(fp32: onnx.ModelProto, qdq_path: Path, samples: SampleSet,
 
 
 def worst_layers(report: list[dict[str, Any]], count: int) -> list[str]:
-    """The ``count`` most sensitive Conv/MatMul/Gemm nodes (to keep in float)."""
-    names: list[str] = []
-    for row in report:
-        if row["op"] in INTEGER_OPS and row["node"] not in names:
-            names.append(row["node"])
-        if len(names) == count:
-            break
-    return names
+    """The ``count`` most sensitive quantized nodes (to keep in float).
+
+    ``report`` is :func:`layer_report`'s: one row per quantized Conv/MatMul/Gemm, most
+    sensitive first.
+    """
+    return [row["node"] for row in report[:count]]
 
 
 def weights_bytes(model: onnx.ModelProto) -> int:
