@@ -317,9 +317,10 @@ def layer_report(fp32: onnx.ModelProto, qdq_path: Path, samples: SampleSet,
       (before its own quantizer; SQNR as ``onnxruntime.quantization.qdq_loss_debug`` defines it).
       This error accumulates along the network, so it grows with depth whatever the layer does.
     * ``sensitivity_db``: how much the SQNR of the model's outputs improves when this layer alone
-      computes in float (one-at-a-time sensitivity analysis). The ranking key: on ppocr_rec,
-      keeping the two most sensitive convolutions in float raised exact-text agreement from
-      87.5 to 93.5 %, where the 12 lowest-SQNR layers (all near the output) gained nothing.
+      computes in float (one-at-a-time sensitivity analysis). The ranking key: on ppocr_rec
+      (ONNX Runtime on the QDQ model, 200 validation lines), keeping the two most sensitive
+      convolutions in float raised exact-text agreement from 87.5 to 93.5 %, where keeping the
+      12 layers whose output SQNR falls most below their input's gave 89 %.
 
     Returns
     -------
