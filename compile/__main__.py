@@ -26,6 +26,10 @@ def summary(result: CompileResult) -> str:
         lines.append(f"quant      int8: {q['integer_ops']} conv2d/matmul in integers, "
                      f"{q['float_nodes']} kept float; library {q['library_bytes'] / 1e6:.2f} MB "
                      f"= {q['library_vs_fp32_weights']:.2f}x the fp32 weights")
+        if q.get("packed_pointwise") or q.get("saturating_pointwise"):
+            lines.append(f"avx2       {q['packed_pointwise']} 1x1 convs on the vpmaddubsw "
+                         f"intrinsic, {q['saturating_pointwise']} left (weights could saturate it: "
+                         "quant.reduce_range=true makes 7-bit weights)")
         lines.append(f"calibrate  {q['calibration']}")
         if q.get("instructions"):
             found = {k: v for k, v in q["instructions"].items() if v}

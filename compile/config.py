@@ -285,7 +285,7 @@ class QuantConfig:
     percentile: float = 99.999  # method=percentile
     per_channel: bool = True
     activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
-    reduce_range: bool = False  # onnxruntime calibrator: 7-bit weights (for ORT's own kernels)
+    reduce_range: bool = False  # 7-bit weights: exact AVX2 vpmaddubsw (no VNNI) kernels
     model_type: str | None = None  # nncf calibrator: null (CNNs) or transformer (SmoothQuant)
     bias_correction: str = "full"  # nncf calibrator: full | fast | none
     calibration: SampleSetConfig = field(default_factory=SampleSetConfig)

@@ -241,6 +241,8 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
             "settings": q.settings, "calibration": prepared.calibration.description,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
+            "packed_pointwise": prepared.pipeline.packed_ops[0],
+            "saturating_pointwise": prepared.pipeline.packed_ops[1],
             "kept_float": sorted({*job.quant.exclude, *exclude}),
             "fp32_weights_bytes": weights_bytes(prepared.fp32_onnx),
             "int8_model_weights_bytes": weights_bytes(q.model)}
@@ -314,7 +316,8 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
                    tasks_tuned=result.tuning["tasks_tuned"])
     if "settings" in quant:
         metrics.update({k: quant[k] for k in ("quantized_nodes", "integer_ops",
-                                              "fp32_weights_bytes", "library_bytes")})
+                                              "packed_pointwise", "fp32_weights_bytes",
+                                              "library_bytes")})
         metrics["library_vs_fp32_weights"] = quant["library_vs_fp32_weights"]
         if "gate" in quant:
             gate = quant["gate"]

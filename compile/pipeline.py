@@ -58,6 +58,15 @@ class Pipeline:
                 for op in getattr(p, "rewritten", [])]
 
     @property
+    def packed_ops(self) -> tuple[int, int]:
+        """(packed, left) 1x1 convolutions of LowerQDQToInteger's last run.
+
+        Packed: on the AVX2 intrinsic; left: their weights could saturate ``vpmaddubsw``.
+        """
+        passes = [p for _, phase in self.phases for p in phase if isinstance(p, LowerQDQToInteger)]
+        return (sum(p.packed for p in passes), sum(p.saturating for p in passes))
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of the pass names, the pipeline name and the TVM version (16 hex digits)."""
         spec = {"name": self.name, "passes": self.pass_names, "tvm": _tvm.TVM_VERSION}
@@ -87,11 +96,13 @@ class Pipeline:
 def graph_passes(quant: QuantScheme) -> list:
     """Phase 1: graph-level rewrites on Relax operators, before lowering.
 
-    ``int8``: quantized conv2d/matmul into integer compute (QDQ models); ``fp16``: float16
-    compute with float32 accumulation (GPU targets).
+    ``int8``: quantized conv2d/matmul into integer compute (QDQ models; 1x1 convolutions
+    packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
+    it); ``fp16``: float16 compute with float32 accumulation (GPU targets).
     """
+    int8 = quant == QuantScheme.int8
     return [
-        LowerQDQToInteger() if quant == QuantScheme.int8 else tvm.transform.Sequential([]),
+        LowerQDQToInteger() if int8 else tvm.transform.Sequential([]),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
         (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16

@@ -132,7 +132,7 @@ def settings(cfg: QuantConfig, exclude: list[str]) -> dict[str, Any]:
     return {"calibrator": cfg.calibrator.value, "method": cfg.method.value,
             "percentile": cfg.percentile, "per_channel": cfg.per_channel,
             "activation_type": cfg.activation_type, "weight_type": "int8",
-            "reduce_range": None if nncf else cfg.reduce_range,
+            "reduce_range": cfg.reduce_range,
             "model_type": cfg.model_type if nncf else None,
             "bias_correction": cfg.bias_correction if nncf else None,
             "calibration": {"source": cfg.calibration.source.name,
@@ -174,10 +174,12 @@ def _nncf_quantize(fp32: onnx.ModelProto, out: Path, cfg: QuantConfig, calibrati
         raise QuantizationError("the nncf calibrator quantizes weights per channel; set "
                                 "quant.calibrator=onnxruntime for per-tensor weights")
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     advanced = {"disable_bias_correction": cfg.bias_correction == "none"}
+    if cfg.reduce_range:  # 7-bit weights in every conv/matmul (NNCF's default: the first only)
+        advanced["overflow_fix"] = OverflowFix.ENABLE
     if cfg.method == CalibrationMethod.percentile:
         advanced["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
     preset = (nncf.QuantizationPreset.PERFORMANCE if cfg.activation_type == "int8"

@@ -202,6 +202,46 @@ def _best_us(database: Any, tasks: list[Any], name: str) -> float | None:
     return sum(secs) / len(secs) * 1e6
 
 
+def search_space(mod):
+    """Return MetaSchedule's design space for a prepared module.
+
+    TVM's default for the target, plus tensorization with
+    :data:`compile.intrinsics.AVX2_DOT_8x4` where the module has
+    packed 1×1 convolutions (``compile.passes.pointwise_int8``).
+
+    TVM 0.27 adds int8 tensorization rules for AVX-512 VNNI/BW targets only; this is its
+    ``DefaultX86`` rule list (``src/s_tir/meta_schedule/schedule_rule/schedule_rule.cc``)
+    with the AVX2 intrinsic: auto-tensorizing multi-level tiling ahead of the plain one, and
+    the tensorize post-processor.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The prepared module (its PrimFuncs are the tasks).
+
+    Returns
+    -------
+    str or SpaceGenerator
+        ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the AVX2 rules.
+    """
+    if not any("int8_pointwise_dot" in gv.name_hint for gv in mod.get_global_vars()):
+        return "post-order-apply"
+    from .intrinsics import AVX2_DOT_8x4, register
+
+    register()
+    rules = list(ms.ScheduleRule.create("llvm"))
+    tiling = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")
+    rules.insert(tiling, ms.schedule_rule.MultiLevelTilingWithIntrin(
+        AVX2_DOT_8x4, structure="SSRSRS", max_innermost_factor=64,
+        reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
+    postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
+                 ms.postproc.RewriteReductionBlock(),
+                 ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+                 ms.postproc.RewriteLayout()]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
+                                             mutator_probs="llvm")
+
+
 def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
     """Indices of the tasks this run tunes; the others get ``skipped`` set."""
     total_flops = sum(s.flops * s.weight for s in stats) or 1.0
@@ -483,6 +523,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
+            space=search_space(prepared.mod),
             seed=cfg.seed, strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=cfg.population))
         try:

@@ -34,6 +34,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from .pointwise_int8 import PointwisePacker
+
 R = relax.op
 
 
@@ -74,6 +76,11 @@ def _np(expr) -> np.ndarray:
     return expr.value.numpy()
 
 
+def _cut(value, width: int | None):
+    """Cut a packed convolution's padded rows (last axis) back to ``width`` pixels."""
+    return value if width is None else R.strided_slice(value, axes=[3], begin=[0], end=[width])
+
+
 def _dtype_range(dtype: str) -> tuple[int, int]:
     info = np.iinfo(np.dtype(dtype))
     return int(info.min), int(info.max)
@@ -87,15 +94,22 @@ class LowerQDQToInteger:
     ----------
     rewritten : list of str
         ``"conv2d"`` / ``"matmul"`` for each pattern rewritten by the last run.
+    packed, saturating : int
+        1×1 convolutions computed with the AVX2 intrinsic (``compile.passes.pointwise_int8``),
+        and those left as conv2d because their weights could saturate ``vpmaddubsw``.
     """
 
     def __init__(self) -> None:
         self.rewritten: list[str] = []
+        self.packed = self.saturating = 0
+        self._packer: PointwisePacker | None = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
         self.rewritten = []
         patterns = _Patterns()
+        builder = relax.BlockBuilder(mod)  # the packed convolutions' PrimFuncs go here
+        self._packer = PointwisePacker(builder)
         updates = {}
         for gv, func in mod.functions.items():
             if not isinstance(func, relax.Function):
@@ -107,9 +121,13 @@ class LowerQDQToInteger:
                 patterns.core, lambda c, m: self._dequantized(c, m, patterns), new)
             if not new.same_as(func):
                 updates[gv] = new
+        self.packed, self.saturating = self._packer.packed, self._packer.saturating
+        if not updates:
+            return mod
+        mod = builder.get()
         for gv, func in updates.items():
             mod[gv] = func
-        return relax.transform.Normalize()(mod) if updates else mod
+        return relax.transform.Normalize()(mod)
 
     def _requantized(self, call, m, p: _Patterns):
         core = self._integer_core(m, p)
@@ -117,29 +135,31 @@ class LowerQDQToInteger:
             return call
         sy, zy = _np(m[p.sy]).astype(np.float64), _np(m[p.zy]).astype(np.float64)
         out_dtype = str(call.attrs.out_dtype)
-        acc, acc_scale, offset, shape = core
+        acc, acc_scale, offset, shape, width = core
         if sy.shape != zy.shape or sy.size not in (1, acc_scale.shape[0]):
             return call
         self.rewritten.append(m[p.core].op.name.split(".")[-1])
         offset = offset + self._bias(m, p, acc_scale)
         acc = R.add(acc, relax.const(offset.astype(np.int32).reshape(shape)))
-        return self._requantize(acc, m, p, acc_scale, sy, zy, out_dtype, shape)
+        return _cut(self._requantize(acc, m, p, acc_scale, sy, zy, out_dtype, shape), width)
 
     def _dequantized(self, call, m, p: _Patterns):
         """An integer conv2d/matmul whose consumer is float: dequantize the accumulator."""
         core = self._integer_core(m, p)
         if core is None:
             return call
-        acc, acc_scale, offset, shape = core
+        acc, acc_scale, offset, shape, width = core
         self.rewritten.append(call.op.name.split(".")[-1])
         acc = R.add(acc, relax.const(offset.astype(np.int32).reshape(shape)))
-        return R.multiply(R.astype(acc, "float32"),
-                          relax.const(acc_scale.astype(np.float32).reshape(shape)))
+        return _cut(R.multiply(R.astype(acc, "float32"),
+                               relax.const(acc_scale.astype(np.float32).reshape(shape))), width)
 
     def _integer_core(self, m, p: _Patterns):
-        """The integer conv2d/matmul of a match: (int32 acc, s_x * s_w, zero-point offset, shape).
+        """The integer conv2d/matmul of a match.
 
-        None when the match cannot be computed in integers.
+        Returns (int32 acc, s_x * s_w, zero-point offset, shape of per-channel constants, width
+        to cut the result to after the epilogue or None); None when the match cannot be
+        computed in integers.
         """
         dq_x, dq_w = m[p.dq_x], m[p.dq_w]
         sx, zx = _np(dq_x.args[1]).astype(np.float64), _np(dq_x.args[2]).astype(np.float64)
@@ -166,7 +186,7 @@ class LowerQDQToInteger:
             data = R.reshape(data, m[p.flat_x].args[1])
         acc = R.matmul(data, relax.const(np.ascontiguousarray(weights)), out_dtype="int32")
         offset = -np.round(zx.reshape(-1)[0]) * weights.astype(np.int64).sum(axis=0)
-        return acc, sx.reshape(-1)[0] * scale_w, offset, (channels,)
+        return acc, sx.reshape(-1)[0] * scale_w, offset, (channels,), None
 
     def _conv(self, m, p, sx, zx, w_q, s_w):
         conv = m[p.conv]
@@ -199,11 +219,15 @@ class LowerQDQToInteger:
             data = R.subtract(R.astype(data, "int16"), centre)
             offset = np.zeros(out_ch)
             scale_x = sx.reshape(-1)
+        packed = self._packer.conv(data, attrs, w_q) if sx.size == 1 else None
+        if packed is not None:
+            acc, shift, width = packed
+            return acc, scale_x * scale_w, offset + shift, (1, out_ch, 1, 1), width
         acc = R.nn.conv2d(data, relax.const(w_q), strides=[int(v) for v in attrs.strides],
                           padding=padding, dilation=[int(v) for v in attrs.dilation],
                           groups=groups, data_layout="NCHW", kernel_layout="OIHW",
                           out_dtype="int32")
-        return acc, scale_x * scale_w, offset, (1, out_ch, 1, 1)
+        return acc, scale_x * scale_w, offset, (1, out_ch, 1, 1), None
 
     @staticmethod
     def _bias(m, p, acc_scale):
