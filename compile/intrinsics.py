@@ -58,11 +58,11 @@ def _dot_8x4_avx2(A: T.Buffer((4,), "int8", offset_factor=1),
             dtype="int32x8")
 
 
-def register() -> None:
-    """Register :data:`AVX2_DOT_8x4` with TVM (once per process).
+def _register() -> None:
+    """Register :data:`AVX2_DOT_8x4` with TVM, once per process (at import of this module).
 
     Needed wherever a schedule that uses it is created or replayed: tuning, and applying a
-    tuning database whose records tensorize with it.
+    tuning database whose records tensorize with it (the int8 pipeline imports this module).
     """
     if TensorIntrin.get(AVX2_DOT_8x4, allow_missing=True) is None:
         TensorIntrin.register(AVX2_DOT_8x4, _dot_8x4_desc, _dot_8x4_avx2)
@@ -87,4 +87,4 @@ def saturation_free(weights: np.ndarray) -> bool:
     return bool(np.abs(w[:, 0::2] + w[:, 1::2]).max(initial=0) * 255 <= np.iinfo(np.int16).max)
 
 
-register()
+_register()

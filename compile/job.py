@@ -237,12 +237,12 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
     if prepared.quantized is None:
         return {"scheme": job.quant.scheme.name}
     q = prepared.quantized
+    packed, saturating = prepared.pipeline.packed_ops
     return {"scheme": "int8", "format": f"QDQ ONNX by {q.settings['calibrator']}",
             "settings": q.settings, "calibration": prepared.calibration.description,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
-            "packed_pointwise": prepared.pipeline.packed_ops[0],
-            "saturating_pointwise": prepared.pipeline.packed_ops[1],
+            "packed_pointwise": packed, "saturating_pointwise": saturating,
             "kept_float": sorted({*job.quant.exclude, *exclude}),
             "fp32_weights_bytes": weights_bytes(prepared.fp32_onnx),
             "int8_model_weights_bytes": weights_bytes(q.model)}

@@ -100,9 +100,8 @@ def graph_passes(quant: QuantScheme) -> list:
     packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
     it); ``fp16``: float16 compute with float32 accumulation (GPU targets).
     """
-    int8 = quant == QuantScheme.int8
     return [
-        LowerQDQToInteger() if int8 else tvm.transform.Sequential([]),
+        LowerQDQToInteger() if quant == QuantScheme.int8 else tvm.transform.Sequential([]),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
         (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16

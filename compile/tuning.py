@@ -224,20 +224,19 @@ def search_space(mod):
     str or SpaceGenerator
         ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the AVX2 rules.
     """
-    if not any("int8_pointwise_dot" in gv.name_hint for gv in mod.get_global_vars()):
-        return "post-order-apply"
-    from .intrinsics import AVX2_DOT_8x4, register
+    from .intrinsics import AVX2_DOT_8x4  # importing registers it
+    from .passes.pointwise_int8 import DOT_PREFIX
 
-    register()
+    if not any(DOT_PREFIX in gv.name_hint for gv in mod.get_global_vars()):
+        return "post-order-apply"
     rules = list(ms.ScheduleRule.create("llvm"))
     tiling = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")
     rules.insert(tiling, ms.schedule_rule.MultiLevelTilingWithIntrin(
         AVX2_DOT_8x4, structure="SSRSRS", max_innermost_factor=64,
         reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
-    postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
-                 ms.postproc.RewriteReductionBlock(),
-                 ms.postproc.RewriteTensorize(vectorize_init_loop=True),
-                 ms.postproc.RewriteLayout()]
+    postprocs = list(ms.Postproc.create("llvm"))  # DefaultCPUTensorization: tensorize before
+    layout = next(i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteLayout")
+    postprocs.insert(layout, ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs="llvm")
 

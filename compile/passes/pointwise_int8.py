@@ -30,9 +30,17 @@ from tvm.target.codegen import llvm_get_cpu_features
 
 from ..intrinsics import LANES, REDUCE, saturation_free
 
+#: Name prefix of the dot-product PrimFuncs (fused kernels keep it: the tuning job looks for it).
+DOT_PREFIX = "int8_pointwise_dot"
+
 
 def _i64(*dims: int) -> list:
     return [tvm.tirx.IntImm("int64", d) for d in dims]  # Relax's PrimFuncs use int64 shapes
+
+
+def packed_shape(n: int, channels: int, height: int, width: int) -> list[int]:
+    """Shape of the packed input: ``[n, H, ceil(W/8), C/4, 8, 4]``."""
+    return [n, height, -(-width // LANES), channels // REDUCE, LANES, REDUCE]
 
 
 def pack_primfunc(n: int, channels: int, height: int, width: int, dtype: str):
@@ -45,7 +53,6 @@ def pack_primfunc(n: int, channels: int, height: int, width: int, dtype: str):
     dtype : {"uint8", "int8"}
         Input dtype; int8 values are stored as ``x + 128``.
     """
-    blocks = -(-width // LANES)
     x = te.placeholder(_i64(n, channels, height, width), dtype, "x")
 
     def value(b, h, w0, c0, w1, c1):
@@ -54,8 +61,7 @@ def pack_primfunc(n: int, channels: int, height: int, width: int, dtype: str):
             v = v ^ tvm.tirx.const(128, "uint8")
         return te.if_then_else(w0 * LANES + w1 < width, v, tvm.tirx.const(0, "uint8"))
 
-    xp = te.compute(_i64(n, height, blocks, channels // REDUCE, LANES, REDUCE), value,
-                    name="int8_pack")
+    xp = te.compute(_i64(*packed_shape(n, channels, height, width)), value, name="int8_pack")
     return te.create_prim_func([x, xp]).without_attr("global_symbol")
 
 
@@ -68,12 +74,12 @@ def dot_primfunc(n: int, channels: int, out_channels: int, height: int, width: i
         Batch, input channels (a multiple of 4), output channels, rows, pixels per row
         (before padding).
     """
-    blocks = -(-width // LANES)
-    xp = te.placeholder(_i64(n, height, blocks, channels // REDUCE, LANES, REDUCE), "uint8", "xp")
+    shape = packed_shape(n, channels, height, width)
+    xp = te.placeholder(_i64(*shape), "uint8", "xp")
     w = te.placeholder(_i64(out_channels, channels), "int8", "w")
     c = te.reduce_axis(_i64(0, channels), "c")
     acc = te.compute(
-        _i64(n, out_channels, height, blocks * LANES),
+        _i64(n, out_channels, height, shape[2] * LANES),
         lambda b, o, h, p: te.sum(
             xp[b, h, p // LANES, c // REDUCE, p % LANES, c % REDUCE].astype("int32")
             * w[o, c].astype("int32"), axis=c),
@@ -149,12 +155,12 @@ class PointwisePacker:
                           f"int8_pack_{dtype}_c{channels}_h{height}_w{width}")
         dot = self._func(("dot", n, channels, out_channels, height, width),
                          lambda: dot_primfunc(n, channels, out_channels, height, width),
-                         f"int8_pointwise_dot_c{channels}_o{out_channels}_h{height}_w{width}")
-        blocks = -(-width // LANES)
-        packed = relax.call_tir(pack, [data], relax.TensorType(
-            [n, height, blocks, channels // REDUCE, LANES, REDUCE], "uint8"))
+                         f"{DOT_PREFIX}_c{channels}_o{out_channels}_h{height}_w{width}")
+        shape = packed_shape(n, channels, height, width)
+        padded = shape[2] * LANES
+        packed = relax.call_tir(pack, [data], relax.TensorType(shape, "uint8"))
         acc = relax.call_tir(dot, [packed, relax.const(weights)],
-                             relax.TensorType([n, out_channels, height, blocks * LANES], "int32"))
+                             relax.TensorType([n, out_channels, height, padded], "int32"))
         shift = (-128 * weights.astype(np.int64).sum(axis=1) if dtype == "int8"
                  else np.zeros(out_channels, np.int64))
-        return acc, shift, (width if blocks * LANES != width else None)
+        return acc, shift, (width if padded != width else None)
