@@ -518,13 +518,14 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         temp = scratch / "tmp"
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
-        os.environ["TMPDIR"] = str(temp)
         _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
             space=search_space(prepared.mod),
             seed=cfg.seed, strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=cfg.population))
+        previous_tmpdir = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(temp)
         try:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(scratch),
@@ -548,6 +549,11 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
             progress.close()
             save()
             shutil.rmtree(temp, ignore_errors=True)
+            # Later work in this process (nvcc, tempfile) must not use the deleted folder.
+            if previous_tmpdir is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous_tmpdir
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
                         sum(s.trials for s in stats), wall_s, progress.curve,

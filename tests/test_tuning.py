@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -228,15 +229,19 @@ def test_task_whose_candidates_all_fail_is_reported(tiny_dir, tmp_path):
     assert all(r["best_us"] is None for r in rows)
 
 
-def test_wall_clock_cap_stops_and_keeps_records(tiny_dir, tmp_path):
+def test_wall_clock_cap_stops_and_keeps_records(tiny_dir, tmp_path, monkeypatch):
     # max_time_min is spent before the first batch is back: the job stops after the batches in
     # flight (one per task in the first round), keeps their records and finishes (provenance,
     # prune) instead of crashing the scheduler.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     result = run_tune(tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path,
                                "tuning.max_time_min=0.0001", "tuning.trials=16"))
     assert result.trials_run == 8  # 2 tasks x 4 candidates, of a budget of 16
     assert count_records(result.database) == result.trials_run
     assert read_provenance(result.database)["trials_total"] == result.trials_run
+    # The builder's temporary folder is deleted after tuning: TMPDIR must not point at it (a
+    # later CUDA build in the same process failed: nvcc could not open its output file).
+    assert os.environ["TMPDIR"] == str(tmp_path)
 
 
 def test_task_history_follows_the_kernel_not_its_name():
