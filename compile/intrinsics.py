@@ -1,28 +1,41 @@
-"""Tensor intrinsics of this project: an AVX2 int8 dot product for x86 CPUs without VNNI.
+"""Tensor intrinsics of this project: 8 × 4 uint8 × int8 dot products for x86 CPUs.
 
 TVM 0.27 ships x86 int8 intrinsics for AVX-512 VNNI (``vpdpbusd``) and AVX-512BW
-(``vpmaddubsw`` on 512-bit registers) only (``tvm.s_tir.tensor_intrin.x86``). On AVX2 CPUs
-without VNNI (e.g. AMD Zen 3), LLVM computes int8 convolutions by widening to int16 for
-``vpmaddwd``, about as fast as float32. :data:`AVX2_DOT_8x4` is the 256-bit form of TVM's
-AVX-512BW intrinsic: ``vpmaddubsw`` multiplies 32 uint8 × int8 pairs and adds adjacent
-products into int16, ``vpmaddwd`` by ones adds adjacent int16 into the 8 int32 lanes.
+(``vpmaddubsw`` on 512-bit registers) only (``tvm.s_tir.tensor_intrin.x86``), both with the
+weights as the 16-lane operand. On AVX2 CPUs without VNNI (e.g. AMD Zen 3), LLVM computes int8
+convolutions by widening to int16 for ``vpmaddwd``, about as fast as float32.
 
-``vpmaddubsw`` saturates at ±32767: results are exact only when, for every pair of adjacent
-reduction elements, ``255 * |w[2j] + w[2j+1]| <= 32767`` (``|w[2j] + w[2j+1]| <= 128``).
-:func:`saturation_free` checks this on constant weights; 7-bit weights (``|w| <= 64``, NNCF's
-``overflow_fix``, ONNX Runtime's ``reduce_range``) always pass. Source of the instruction
-semantics: Intel Intrinsics Guide, ``_mm256_maddubs_epi16`` and ``_mm256_madd_epi16``.
+Both intrinsics here compute ``C[i] += sum_k B[i, k] * A[k]`` for 8 int32 lanes, with B the
+packed uint8 input (8 pixels × 4 channels, 32 adjacent bytes) and A 4 int8 weights broadcast
+(the layout of ``compile.passes.pointwise_int8``):
+
+* :data:`AVX2_DOT_8x4`, the 256-bit form of TVM's AVX-512BW intrinsic: ``vpmaddubsw``
+  multiplies 32 uint8 × int8 pairs and adds adjacent products into int16, ``vpmaddwd`` by ones
+  adds adjacent int16 into the 8 int32 lanes. ``vpmaddubsw`` saturates at ±32767: results are
+  exact only when, for every pair of adjacent reduction elements,
+  ``255 * |w[2j] + w[2j+1]| <= 32767`` (``|w[2j] + w[2j+1]| <= 128``). :func:`saturation_free`
+  checks this on constant weights; 7-bit weights (``|w| <= 64``, NNCF's ``overflow_fix``,
+  ONNX Runtime's ``reduce_range``) always pass.
+* :data:`VNNI_DOT_8x4`: one 256-bit ``vpdpbusd`` (AVX-512 VNNI with AVX-512VL, or AVX-VNNI),
+  which adds the four products in int32: exact for any int8 weights.
+
+:func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel
+Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16`` and ``_mm256_dpbusd_epi32``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+from tvm.target.codegen import llvm_get_cpu_features
 
 #: Name of the AVX2 intrinsic: ``C[i] += sum_k uint8(B[i, k]) * int8(A[k])`` for 8 int32 lanes
 #: and 4 reduction elements (B: 8 × 4 uint8, contiguous; A: 4 int8, broadcast).
 AVX2_DOT_8x4 = "dot_8x4_u8i8i32_avx2"
+#: The same dot product with ``vpdpbusd`` (exact for any int8 weights).
+VNNI_DOT_8x4 = "dot_8x4_u8i8i32_vnni"
 #: Lanes (int32 outputs) and reduction elements per intrinsic call.
 LANES, REDUCE = 8, 4
 
@@ -58,14 +71,55 @@ def _dot_8x4_avx2(A: T.Buffer((4,), "int8", offset_factor=1),
             dtype="int32x8")
 
 
-def _register() -> None:
-    """Register :data:`AVX2_DOT_8x4` with TVM, once per process (at import of this module).
+@T.prim_func(s_tir=True)
+def _dot_8x4_vnni(A: T.Buffer((4,), "int8", offset_factor=1),
+                  B: T.Buffer((8, 4), "uint8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], B[0:8, 0:4], A[0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+        # vpdpbusd(acc, unsigned bytes, signed bytes); LLVM emits the VEX (AVX-VNNI) or the
+        # EVEX (AVX-512 VNNI + VL) encoding, whichever the target has. The LLVM of TVM 0.27
+        # declares the byte operands <32 x i8> (older LLVMs: <8 x i32>, as TVM's own
+        # 512-bit VNNI intrinsic still passes them: such a call fails LLVM's verifier here).
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"),
+            T.reinterpret(B.vload([0, 0], dtype="uint8x32"), dtype="int8x32"),
+            T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"), dtype="int32x8")
 
-    Needed wherever a schedule that uses it is created or replayed: tuning, and applying a
-    tuning database whose records tensorize with it (the int8 pipeline imports this module).
+
+def _register() -> None:
+    """Register the intrinsics with TVM, once per process (at import of this module).
+
+    Needed wherever a schedule that uses them is created or replayed: tuning, and applying a
+    tuning database whose records tensorize with them (the int8 pipeline imports this module).
     """
-    if TensorIntrin.get(AVX2_DOT_8x4, allow_missing=True) is None:
-        TensorIntrin.register(AVX2_DOT_8x4, _dot_8x4_desc, _dot_8x4_avx2)
+    for name, impl in ((AVX2_DOT_8x4, _dot_8x4_avx2), (VNNI_DOT_8x4, _dot_8x4_vnni)):
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, _dot_8x4_desc, impl)
+
+
+def dot_intrinsic(target: tvm.target.Target | None) -> str | None:
+    """The dot-product intrinsic for a target, or None when it has neither.
+
+    Parameters
+    ----------
+    target : tvm.target.Target or None
+
+    Returns
+    -------
+    str or None
+        :data:`VNNI_DOT_8x4` for llvm targets with AVX-VNNI or AVX-512 VNNI + VL,
+        :data:`AVX2_DOT_8x4` for other llvm targets with AVX2, else None.
+    """
+    if target is None or target.kind.name != "llvm":
+        return None
+    features = set(llvm_get_cpu_features(target))
+    if "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features:
+        return VNNI_DOT_8x4
+    return AVX2_DOT_8x4 if "avx2" in features else None
 
 
 def saturation_free(weights: np.ndarray) -> bool:

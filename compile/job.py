@@ -236,12 +236,15 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
                           exclude: list[str]) -> dict[str, Any]:
     if prepared.quantized is None:
         return {"scheme": job.quant.scheme.name}
+    from .intrinsics import dot_intrinsic
+
     q = prepared.quantized
     packed, saturating = prepared.pipeline.packed_ops
     return {"scheme": "int8", "format": f"QDQ ONNX by {q.settings['calibrator']}",
             "settings": q.settings, "calibration": prepared.calibration.description,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
+            "dot_intrinsic": dot_intrinsic(prepared.target),
             "packed_pointwise": packed, "saturating_pointwise": saturating,
             "kept_float": sorted({*job.quant.exclude, *exclude}),
             "fp32_weights_bytes": weights_bytes(prepared.fp32_onnx),
@@ -295,7 +298,8 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
     if "settings" in quant and attempt == 1:
         params["quant"] = {"scheme": "int8", **quant["settings"],
                            "calibration_data": quant["calibration"],
-                           "max_drop": job.quant.max_drop}
+                           "max_drop": job.quant.max_drop,
+                           "dot_intrinsic": quant["dot_intrinsic"] or "none"}
     if attempt == 1:
         tracker.log_params(params)
     elif quant.get("kept_float"):  # the retry's layers kept in float (params are write-once)

@@ -61,7 +61,8 @@ class Pipeline:
     def packed_ops(self) -> tuple[int, int]:
         """(packed, left) 1x1 convolutions of LowerQDQToInteger's last run.
 
-        Packed: on the AVX2 intrinsic; left: their weights could saturate ``vpmaddubsw``.
+        Packed: on the target's x86 dot intrinsic; left: their weights could saturate
+        ``vpmaddubsw`` (targets without VNNI).
         """
         passes = [p for _, phase in self.phases for p in phase if isinstance(p, LowerQDQToInteger)]
         return (sum(p.packed for p in passes), sum(p.saturating for p in passes))

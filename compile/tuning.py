@@ -202,37 +202,40 @@ def _best_us(database: Any, tasks: list[Any], name: str) -> float | None:
     return sum(secs) / len(secs) * 1e6
 
 
-def search_space(mod):
+def search_space(mod, target):
     """Return MetaSchedule's design space for a prepared module.
 
-    TVM's default for the target, plus tensorization with
-    :data:`compile.intrinsics.AVX2_DOT_8x4` where the module has
-    packed 1×1 convolutions (``compile.passes.pointwise_int8``).
+    TVM's default for the target, plus tensorization with the target's
+    :func:`compile.intrinsics.dot_intrinsic` where the module has packed 1×1 convolutions
+    (``compile.passes.pointwise_int8``).
 
-    TVM 0.27 adds int8 tensorization rules for AVX-512 VNNI/BW targets only; this is its
-    ``DefaultX86`` rule list (``src/s_tir/meta_schedule/schedule_rule/schedule_rule.cc``)
-    with the AVX2 intrinsic: auto-tensorizing multi-level tiling ahead of the plain one, and
-    the tensorize post-processor.
+    TVM 0.27's int8 tensorization rules (AVX-512 VNNI/BW targets only) do not match the packed
+    layout; this is its ``DefaultX86`` rule list
+    (``src/s_tir/meta_schedule/schedule_rule/schedule_rule.cc``) with this project's
+    intrinsic: auto-tensorizing multi-level tiling ahead of the plain one, and the tensorize
+    post-processor.
 
     Parameters
     ----------
     mod : tvm.IRModule
         The prepared module (its PrimFuncs are the tasks).
+    target : tvm.target.Target
 
     Returns
     -------
     str or SpaceGenerator
-        ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the AVX2 rules.
+        ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the intrinsic.
     """
-    from .intrinsics import AVX2_DOT_8x4  # importing registers it
+    from .intrinsics import dot_intrinsic  # importing registers the intrinsics
     from .passes.pointwise_int8 import DOT_PREFIX
 
-    if not any(DOT_PREFIX in gv.name_hint for gv in mod.get_global_vars()):
+    intrinsic = dot_intrinsic(target)
+    if intrinsic is None or not any(DOT_PREFIX in gv.name_hint for gv in mod.get_global_vars()):
         return "post-order-apply"
     rules = list(ms.ScheduleRule.create("llvm"))
     tiling = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")
     rules.insert(tiling, ms.schedule_rule.MultiLevelTilingWithIntrin(
-        AVX2_DOT_8x4, structure="SSRSRS", max_innermost_factor=64,
+        intrinsic, structure="SSRSRS", max_innermost_factor=64,
         reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
     postprocs = list(ms.Postproc.create("llvm"))  # DefaultCPUTensorization: tensorize before
     layout = next(i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteLayout")
@@ -521,7 +524,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _reset_metaschedule_logging()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
-            space=search_space(prepared.mod),
+            space=search_space(prepared.mod, prepared.target),
             seed=cfg.seed, strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=cfg.population))
         previous_tmpdir = os.environ.get("TMPDIR")

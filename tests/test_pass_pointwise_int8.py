@@ -1,4 +1,4 @@
-"""Packed 1x1 int8 convolutions on the AVX2 intrinsic: the rewrite, its exactness, tensorization."""
+"""Packed 1x1 int8 convolutions on the x86 dot intrinsics: rewrite, exactness, tensorizing."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import pytest
 import tvm
 from tvm import relax
 
-from compile.intrinsics import AVX2_DOT_8x4, saturation_free
+from compile.intrinsics import AVX2_DOT_8x4, VNNI_DOT_8x4, dot_intrinsic, saturation_free
 from compile.passes import LowerQDQToInteger
 from compile.passes.pointwise_int8 import dot_primfunc
 
 ZEN3 = {"kind": "llvm", "mcpu": "znver3"}  # AVX2 and FMA, no AVX-512, no VNNI
+ZEN4 = {"kind": "llvm", "mcpu": "znver4"}  # AVX-512 VNNI + VL: compiled here, never run
 R = relax.op
 RNG = np.random.default_rng(5)
 
@@ -85,12 +86,32 @@ def test_packed_convolution_is_identical_to_conv2d(dtype, low, high):
     np.testing.assert_array_equal(_run(packed, x), _run(plain, x))
 
 
-def test_weights_that_could_saturate_stay_conv2d():
+def _saturating_weights() -> np.ndarray:
     weights = _weights(16, 8)
     weights[3, 0:2, 0, 0] = [100, 90]  # 255 * 190 > 32767: vpmaddubsw would clamp
-    packed, lower = _lower(_qdq_pointwise("uint8", weights), ZEN3)
+    return weights
+
+
+def test_weights_that_could_saturate_stay_conv2d():
+    packed, lower = _lower(_qdq_pointwise("uint8", _saturating_weights()), ZEN3)
     assert (lower.packed, lower.saturating) == (0, 1)
     assert "relax.nn.conv2d" in _calls(packed)
+
+
+def test_vnni_targets_pack_any_int8_weights():
+    packed, lower = _lower(_qdq_pointwise("uint8", _saturating_weights()), ZEN4)
+    assert (lower.packed, lower.saturating) == (1, 0)
+    assert "relax.nn.conv2d" not in _calls(packed)
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    (ZEN3, AVX2_DOT_8x4), (ZEN4, VNNI_DOT_8x4),
+    ({"kind": "llvm", "mcpu": "alderlake"}, VNNI_DOT_8x4),  # AVX-VNNI without AVX-512
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, AVX2_DOT_8x4),  # AVX-512 without VNNI
+    ({"kind": "llvm", "mcpu": "ivybridge"}, None),  # AVX only
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, None), ({"kind": "cuda"}, None)])
+def test_dot_intrinsic_follows_the_cpu_features(target, expected):
+    assert dot_intrinsic(tvm.target.Target(target)) == expected
 
 
 def test_targets_without_avx2_keep_conv2d():
@@ -105,10 +126,11 @@ def test_saturation_bound():
     assert saturation_free(np.array([[127, -127]], np.int8))  # opposite signs never add up
 
 
-def test_intrinsic_computes_the_dot_product_with_vpmaddubsw():
+def _tensorized(intrinsic: str, target: dict, channels: int, out_ch: int, height: int,
+                width: int):
+    """The packed dot product with its 8 x 4 tile tensorized by hand, compiled for target."""
     from tvm import s_tir
 
-    channels, out_ch, height, width = 32, 16, 2, 16
     sch = s_tir.Schedule(tvm.IRModule(
         {"main": dot_primfunc(1, channels, out_ch, height, width).with_attr("global_symbol",
                                                                               "main")}))
@@ -118,8 +140,19 @@ def test_intrinsic_computes_the_dot_product_with_vpmaddubsw():
     p0, p1 = sch.split(p, [None, 8])
     sch.reorder(o, h, p0, c0, p1, c1)
     sch.decompose_reduction(block, c0)
-    sch.tensorize(p1, AVX2_DOT_8x4)
-    lib = tvm.compile(sch.mod, target=tvm.target.Target(ZEN3))
+    sch.tensorize(p1, intrinsic)
+    return tvm.compile(sch.mod, target=tvm.target.Target(target))
+
+
+def test_vnni_intrinsic_compiles_to_vpdpbusd():
+    # This CPU has no VNNI: the kernel is compiled for Zen 4, checked in assembly, not run.
+    asm = _tensorized(VNNI_DOT_8x4, ZEN4, 32, 16, 2, 16).mod.inspect_source("asm")
+    assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+
+
+def test_intrinsic_computes_the_dot_product_with_vpmaddubsw():
+    channels, out_ch, height, width = 32, 16, 2, 16
+    lib = _tensorized(AVX2_DOT_8x4, ZEN3, channels, out_ch, height, width)
     assert "vpmaddubsw" in lib.mod.inspect_source("asm")
     x = RNG.integers(0, 256, (channels, height, width)).astype(np.uint8)
     w = RNG.integers(-64, 65, (out_ch, channels)).astype(np.int8)
@@ -136,10 +169,12 @@ def test_search_space_tensorizes_packed_kernels():
     from compile.tuning import search_space
 
     func = dot_primfunc(1, 32, 16, 2, 16)
-    space = search_space(tvm.IRModule({"fused_int8_pointwise_dot_c32_o16_h2_w16_add": func}))
-    assert search_space(tvm.IRModule({"other": func})) == "post-order-apply"
-    context = ms.TuneContext(mod=tvm.IRModule({"main": func}),
-                             target=tvm.target.Target({**ZEN3, "num-cores": 2}),
-                             space_generator=space)
-    traces = [str(s.trace) for s in context.generate_design_space()]
-    assert any(AVX2_DOT_8x4 in t for t in traces)
+    mod = tvm.IRModule({"fused_int8_pointwise_dot_c32_o16_h2_w16_add": func})
+    assert search_space(tvm.IRModule({"other": func}), tvm.target.Target(ZEN3)) == \
+        "post-order-apply"
+    for target, intrinsic in ((ZEN3, AVX2_DOT_8x4), (ZEN4, VNNI_DOT_8x4)):
+        target = tvm.target.Target({**target, "num-cores": 2})
+        context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                                 space_generator=search_space(mod, target))
+        traces = [str(s.trace) for s in context.generate_design_space()]
+        assert any(intrinsic in t for t in traces)

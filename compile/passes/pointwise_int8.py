@@ -1,24 +1,25 @@
-"""Packed uint8 × int8 1×1 convolutions for the AVX2 intrinsic (used by LowerQDQToInteger).
+"""Packed uint8 × int8 1×1 convolutions for the x86 dot intrinsics (used by LowerQDQToInteger).
 
-In NCHW, the 4 input channels that one ``vpmaddubsw`` pair-sum reduces are H·W bytes apart.
-On x86 targets with AVX2, :class:`~compile.passes.LowerQDQToInteger` computes a quantized 1×1
-convolution as two PrimFuncs instead of ``conv2d(x, W, out_dtype="int32")``:
+In NCHW, the 4 input channels that one ``vpmaddubsw`` pair-sum or ``vpdpbusd`` reduces are H·W
+bytes apart. On x86 targets with AVX2, :class:`~compile.passes.LowerQDQToInteger` computes a
+quantized 1×1 convolution as two PrimFuncs instead of ``conv2d(x, W, out_dtype="int32")``:
 
 * ``int8_pack``: ``xp[n, h, w // 8, c // 4, w % 8, c % 4] = x[n, c, h, w]`` (uint8; an int8 ``x``
   is stored as ``x + 128``), each image row zero-padded to a multiple of 8 pixels, so that
   8 pixels × 4 channels are 32 adjacent bytes;
 * ``int8_pointwise_dot``: ``acc[n, o, h, w] = sum_c int32(xp[...]) * int32(W[o, c])`` over the
-  padded width, whose 8 × 4 inner tile is :data:`compile.intrinsics.AVX2_DOT_8x4` (the tuning
-  job tensorizes it).
+  padded width, whose 8 × 4 inner tile is the target's
+  :func:`compile.intrinsics.dot_intrinsic` (the tuning job tensorizes it).
 
 The requantization runs on the padded rows and fuses into the dot product's kernel; the padded
 pixels are cut off after it (no cut when the width is a multiple of 8). The integer result is
 identical to the convolution's (``+128`` is folded into the zero-point offset).
 
 Taken only when the current target is an llvm x86 target with AVX2, the convolution is 1×1 with
-stride 1, no padding, dilation 1, one group, C a multiple of 4, static shapes, and the weights
-are saturation-free for ``vpmaddubsw`` (:func:`compile.intrinsics.saturation_free`: 7-bit
-weights always are, 8-bit weights of real models mostly are not).
+stride 1, no padding, dilation 1, one group, C a multiple of 4, static shapes, and, on targets
+without VNNI, the weights are saturation-free for ``vpmaddubsw``
+(:func:`compile.intrinsics.saturation_free`: 7-bit weights always are, 8-bit weights of real
+models mostly are not; ``vpdpbusd`` is exact for any weights).
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvm.target.codegen import llvm_get_cpu_features
 
-from ..intrinsics import LANES, REDUCE, saturation_free
+from ..intrinsics import LANES, REDUCE, AVX2_DOT_8x4, dot_intrinsic, saturation_free
 
 #: Name prefix of the dot-product PrimFuncs (fused kernels keep it: the tuning job looks for it).
 DOT_PREFIX = "int8_pointwise_dot"
@@ -87,14 +87,6 @@ def dot_primfunc(n: int, channels: int, out_channels: int, height: int, width: i
     return te.create_prim_func([xp, w, acc]).without_attr("global_symbol")
 
 
-def avx2_target() -> bool:
-    """Whether the current target is an llvm target whose CPU has AVX2."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        return False
-    return "avx2" in llvm_get_cpu_features(target)
-
-
 class PointwisePacker:
     """Builds packed 1×1 convolutions for one module run, sharing PrimFuncs between equal shapes.
 
@@ -105,13 +97,16 @@ class PointwisePacker:
 
     Attributes
     ----------
+    intrinsic : str or None
+        The current target's dot intrinsic (None: nothing is packed).
     packed, saturating : int
-        Convolutions packed, and those left because their weights could saturate.
+        Convolutions packed, and those left because their weights could saturate
+        ``vpmaddubsw`` (targets without VNNI).
     """
 
     def __init__(self, builder: relax.BlockBuilder) -> None:
         self.builder = builder
-        self.enabled = avx2_target()
+        self.intrinsic = dot_intrinsic(tvm.target.Target.current(allow_none=True))
         self.packed = 0
         self.saturating = 0
         self._funcs: dict[tuple, tvm.ir.GlobalVar] = {}
@@ -135,7 +130,7 @@ class PointwisePacker:
         """
         shape = getattr(data.ty, "shape", None)
         dtype = str(getattr(data.ty, "dtype", ""))
-        if (not self.enabled or shape is None or dtype not in ("uint8", "int8")
+        if (self.intrinsic is None or shape is None or dtype not in ("uint8", "int8")
                 or not all(isinstance(v, tvm.tirx.IntImm) for v in shape)
                 or int(attrs.groups) != 1 or w_q.shape[2:] != (1, 1)
                 or any(int(v) != 1 for v in [*attrs.strides, *attrs.dilation])
@@ -146,7 +141,7 @@ class PointwisePacker:
         weights = np.ascontiguousarray(w_q[:, :, 0, 0])
         if channels % REDUCE:
             return None
-        if not saturation_free(weights):
+        if self.intrinsic == AVX2_DOT_8x4 and not saturation_free(weights):
             self.saturating += 1
             return None
         self.packed += 1
