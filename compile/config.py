@@ -193,7 +193,7 @@ class TuningConfig:
     seed: int = 0
     builder_workers: int | None = None  # parallel candidate builds; null = CPU count
     runner_workers: int = 1  # parallel measurements (1 keeps timings clean)
-    min_weight: float = 0.0  # skip tuned tasks below this share of the model's FLOPs
+    min_weight: float = 0.0  # skip tuned tasks below this share of the FLOPs and of the time
     patience: int = 64  # a task converged after this many trials without a 1 % gain
     keep_per_workload: int = 1  # records kept per workload after a run (0: keep all)
     timeout_s: float = 30.0  # per-candidate measurement timeout

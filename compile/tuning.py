@@ -3,7 +3,8 @@
 Tasks are the PrimFuncs of the *same* preparation pipeline the compile job uses. Records are
 appended to ``tune_logs/<model>/<target>/`` as they are measured (a killed job keeps them), a
 second run warm-starts from them and adds its budget, skipping tasks that converged (no gain in
-``tuning.patience`` trials) or are negligible (under ``tuning.min_weight`` of the model's FLOPs).
+``tuning.patience`` trials) or are negligible (under ``tuning.min_weight`` of the model's FLOPs
+and of its estimated time).
 At the end the database is pruned to the best ``tuning.keep_per_workload`` records per workload
 (the committed form); the full database of the run is an MLflow artifact.
 """
@@ -245,15 +246,24 @@ def search_space(mod, target):
 
 
 def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
-    """Indices of the tasks this run tunes; the others get ``skipped`` set."""
+    """Indices of the tasks this run tunes; the others get ``skipped`` set.
+
+    A task is negligible when both its share of the model's FLOPs and its share of the
+    estimated run time are under ``tuning.min_weight``: data-movement kernels (layout packing,
+    transposes) have no FLOPs but can take time, or carry a measurement spoiled by noise that
+    only more trials replace.
+    """
     total_flops = sum(s.flops * s.weight for s in stats) or 1.0
+    total_us = sum((s.best_us or 0.0) * s.weight for s in stats) or 1.0
     chosen = []
     for index, task in enumerate(stats):
         share = task.flops * task.weight / total_flops
+        time_share = (task.best_us or 0.0) * task.weight / total_us
         if task.trials >= cfg.patience and task.since_improvement >= cfg.patience:
             task.skipped = f"converged: no gain in the last {task.since_improvement} trials"
-        elif task.trials > 0 and share < cfg.min_weight:
-            task.skipped = f"negligible: {share:.2%} of the model's FLOPs"
+        elif task.trials > 0 and max(share, time_share) < cfg.min_weight:
+            task.skipped = (f"negligible: {share:.2%} of the model's FLOPs, {time_share:.2%} "
+                            "of its estimated time")
         else:
             chosen.append(index)
     return chosen

@@ -289,3 +289,16 @@ def test_task_history_follows_the_kernel_not_its_name():
     written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
                           SimpleNamespace(seed=0))
     assert written["tasks"]["fused_mul9"]["trials"] == 12 and written["trials_total"] == 60
+
+
+def test_kernels_without_flops_are_negligible_only_when_they_take_no_time():
+    from compile.config import TuningConfig
+    from compile.tuning import TaskStats, _select
+
+    cfg = TuningConfig(min_weight=0.01, patience=64)
+    stats = [TaskStats("fused_conv2d", 1e8, 1, trials=20, best_us=900.0),
+             TaskStats("int8_pack_slow", 0.0, 1, trials=3, best_us=100.0),  # 10 % of the time
+             TaskStats("reshape", 0.0, 1, trials=1, best_us=1.0),
+             TaskStats("fused_mean", 1e3, 1)]  # never measured: always tuned
+    assert _select(stats, cfg) == [0, 1, 3]
+    assert stats[2].skipped.startswith("negligible: 0.00% of the model's FLOPs, 0.10%")
