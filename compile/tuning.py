@@ -573,8 +573,10 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                         run_id=tracker.run_id, warnings=warnings, reused=reused)
     for task in stats:
         if task.trials_run and task.build_errors + task.run_errors == task.trials_run:
-            result.warnings.append(f"task {task.name}: all {task.trials_run} candidates failed "
-                                   "to build or run; it stays untuned")
+            outcome = ("it stays untuned" if task.best_us is None
+                       else f"it keeps its earlier best ({task.best_us:.1f} us)")
+            result.warnings.append(f"task {task.name}: all {task.trials_run} candidates of this "
+                                   f"run failed to build or run; {outcome}")
     _finish(job, result, prepared, folder, tracker)
     return result
 
