@@ -236,15 +236,13 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
                           exclude: list[str]) -> dict[str, Any]:
     if prepared.quantized is None:
         return {"scheme": job.quant.scheme.name}
-    from .intrinsics import dot_intrinsic
-
     q = prepared.quantized
     packed, saturating = prepared.pipeline.packed_ops
     return {"scheme": "int8", "format": f"QDQ ONNX by {q.settings['calibrator']}",
             "settings": q.settings, "calibration": prepared.calibration.description,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
-            "dot_intrinsic": dot_intrinsic(prepared.target),
+            "dot_intrinsic": prepared.pipeline.dot_intrinsic,
             "packed_pointwise": packed, "saturating_pointwise": saturating,
             "kept_float": sorted({*job.quant.exclude, *exclude}),
             "fp32_weights_bytes": weights_bytes(prepared.fp32_onnx),

@@ -57,6 +57,9 @@ class Pipeline:
         return [op for _, passes in self.phases for p in passes
                 for op in getattr(p, "rewritten", [])]
 
+    def _lowerings(self) -> list[LowerQDQToInteger]:
+        return [p for _, phase in self.phases for p in phase if isinstance(p, LowerQDQToInteger)]
+
     @property
     def packed_ops(self) -> tuple[int, int]:
         """(packed, left) 1x1 convolutions of LowerQDQToInteger's last run.
@@ -64,8 +67,13 @@ class Pipeline:
         Packed: on the target's x86 dot intrinsic; left: their weights could saturate
         ``vpmaddubsw`` (targets without VNNI).
         """
-        passes = [p for _, phase in self.phases for p in phase if isinstance(p, LowerQDQToInteger)]
+        passes = self._lowerings()
         return (sum(p.packed for p in passes), sum(p.saturating for p in passes))
+
+    @property
+    def dot_intrinsic(self) -> str | None:
+        """The x86 dot intrinsic LowerQDQToInteger's last run packed for (None: none)."""
+        return next((p.intrinsic for p in self._lowerings() if p.intrinsic), None)
 
     @property
     def fingerprint(self) -> str:

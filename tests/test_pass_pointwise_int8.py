@@ -94,12 +94,14 @@ def _saturating_weights() -> np.ndarray:
 
 def test_weights_that_could_saturate_stay_conv2d():
     packed, lower = _lower(_qdq_pointwise("uint8", _saturating_weights()), ZEN3)
+    assert lower.intrinsic == AVX2_DOT_8x4
     assert (lower.packed, lower.saturating) == (0, 1)
     assert "relax.nn.conv2d" in _calls(packed)
 
 
 def test_vnni_targets_pack_any_int8_weights():
     packed, lower = _lower(_qdq_pointwise("uint8", _saturating_weights()), ZEN4)
+    assert lower.intrinsic == VNNI_DOT_8x4
     assert (lower.packed, lower.saturating) == (1, 0)
     assert "relax.nn.conv2d" not in _calls(packed)
 

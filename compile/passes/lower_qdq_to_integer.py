@@ -94,13 +94,16 @@ class LowerQDQToInteger:
     ----------
     rewritten : list of str
         ``"conv2d"`` / ``"matmul"`` for each pattern rewritten by the last run.
+    intrinsic : str or None
+        The x86 dot intrinsic of the last run's target (``compile.intrinsics.dot_intrinsic``).
     packed, saturating : int
-        1×1 convolutions computed with the AVX2 intrinsic (``compile.passes.pointwise_int8``),
-        and those left as conv2d because their weights could saturate ``vpmaddubsw``.
+        1×1 convolutions computed with it (``compile.passes.pointwise_int8``), and those left
+        as conv2d because their weights could saturate ``vpmaddubsw``.
     """
 
     def __init__(self) -> None:
         self.rewritten: list[str] = []
+        self.intrinsic: str | None = None
         self.packed = self.saturating = 0
         self._packer: PointwisePacker | None = None
 
@@ -121,6 +124,7 @@ class LowerQDQToInteger:
                 patterns.core, lambda c, m: self._dequantized(c, m, patterns), new)
             if not new.same_as(func):
                 updates[gv] = new
+        self.intrinsic = self._packer.intrinsic
         self.packed, self.saturating = self._packer.packed, self._packer.saturating
         if not updates:
             return mod
