@@ -267,11 +267,71 @@ def open_database(folder: Path) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     repair(folder)
     try:
-        return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
-                                             allow_missing=True, module_equality="structural")
+        return _json_database(folder)
     except Exception as err:  # TVMError from the JSON loader
+        message = str(err).strip().splitlines()[-1]
+    if not drop_unreplayable(folder):
+        raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: {message}")
+    try:
+        return _json_database(folder)
+    except Exception as err:  # noqa: BLE001
         raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
                                   f"{str(err).strip().splitlines()[-1]}") from None
+
+
+def _json_database(folder: Path) -> Any:
+    return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
+                                         allow_missing=True, module_equality="structural")
+
+
+def replays(trace: Any, mod: tvm.IRModule) -> bool:
+    """Whether a schedule trace applies to a module (its blocks are found by name).
+
+    Workloads match by structural equality, which ignores block names; traces do not.
+    """
+    try:
+        trace.apply_to_schedule(_tvm.Schedule(mod), remove_postproc=False)
+    except Exception:  # noqa: BLE001  (ScheduleError and TVMError)
+        return False
+    return True
+
+
+def drop_unreplayable(folder: Path) -> list[str]:
+    """Drop records whose trace does not apply to the workload they are stored under.
+
+    TVM's JSON loader replays every record and refuses the whole database for one failure.
+    Before this project checked shared records (:func:`import_shared_records`), a record
+    copied from another model's database could name blocks this model's kernel calls
+    differently.
+
+    Returns
+    -------
+    list of str
+        One warning per dropped record, with its line number.
+    """
+    workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
+    if not record_path.is_file():
+        return []
+    workloads = workload_path.read_text().splitlines() if workload_path.is_file() else []
+    parsed: dict[int, Any] = {}
+    kept, warnings = [], []
+    for number, line in enumerate(record_path.read_text().splitlines(), start=1):
+        data = json.loads(line)
+        index = data[0]
+        if index not in parsed:
+            parsed[index] = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
+        try:
+            _tvm.ms.database.TuningRecord.from_json(data[1], parsed[index])
+        except Exception:  # noqa: BLE001  (the trace names blocks the workload lacks)
+            warnings.append(f"{record_path.name} line {number}: its schedule does not apply "
+                            f"to workload {index}, dropped")
+            continue
+        kept.append(line)
+    if warnings:
+        _rewrite_lines(record_path, kept)
+    for warning in warnings:
+        log.warning("tuning database %s: %s", folder, warning)
+    return warnings
 
 
 @dataclass
@@ -317,6 +377,9 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
 
     Databases under ``tune_logs`` tuned for the same target dict and TVM version are searched
     for each task's workload (structural equality, so the kernel, not the model, must match).
+    A record is copied only if its trace applies to this task's module: structural equality
+    ignores block names (``lv338_red`` in one model, ``lv404_red`` in another), the trace
+    finds blocks by name, and TVM refuses a whole database with one record that fails.
 
     Parameters
     ----------
@@ -352,8 +415,12 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
             mod = task.dispatched[0]
             if database.has_workload(mod) or not source.has_workload(mod):
                 continue
+            records = [r for r in source.get_top_k(source.commit_workload(mod), top_k)
+                       if replays(r.trace, mod)]
+            if not records:
+                continue
             workload = database.commit_workload(mod)
-            for record in source.get_top_k(source.commit_workload(mod), top_k):
+            for record in records:
                 database.commit_tuning_record(_tvm.ms.database.TuningRecord(
                     record.trace, workload, record.run_secs, record.target, record.args_info))
                 copied[task.task_name] = copied.get(task.task_name, 0) + 1

@@ -302,3 +302,82 @@ def test_kernels_without_flops_are_negligible_only_when_they_take_no_time():
              TaskStats("fused_mean", 1e3, 1)]  # never measured: always tuned
     assert _select(stats, cfg) == [0, 1, 3]
     assert stats[2].skipped.startswith("negligible: 0.00% of the model's FLOPs, 0.10%")
+
+
+def _row_sum(block: str):
+    """A row-sum PrimFunc whose reduction block is called ``block`` (structure independent)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def row_sum(a: T.Buffer((8, 64), "float32"), out: T.Buffer((8,), "float32")):
+        for i, k in T.grid(8, 64):
+            with T.sblock(block):
+                vi, vk = T.axis.remap("SR", [i, k])
+                with T.init():
+                    out[vi] = T.float32(0)
+                out[vi] = out[vi] + a[vi, vk]
+
+    import tvm
+    return tvm.IRModule({"main": row_sum.with_attr("global_symbol", "main")})
+
+
+def _record_for(mod, workload, block: str):
+    from compile import _tvm
+
+    sch = _tvm.Schedule(mod)
+    sch.split(sch.get_loops(sch.get_sblock(block))[1], [None, 16])
+    return _tvm.ms.database.TuningRecord(
+        sch.trace, workload, [1e-5], _tvm.Target("llvm"),
+        _tvm.ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+def test_record_naming_other_blocks_is_dropped_not_the_database(tmp_path):
+    # Structural equality ignores block names, traces do not: TVM's loader refuses a whole
+    # database holding a record whose trace names blocks its workload lacks (a ppocr_rec int8
+    # database got three such records copied from the fp32 one, lv338_red vs lv404_red).
+    from compile import _tvm
+    from compile.tuning_db import open_database
+
+    ours, theirs = _row_sum("lv404_red"), _row_sum("lv338_red")
+    database = _tvm.ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
+                                             str(tmp_path / RECORD_FILE), allow_missing=True,
+                                             module_equality="structural")
+    workload = database.commit_workload(ours)
+    assert database.commit_workload(theirs).same_as(workload)  # one workload for both
+    database.commit_tuning_record(_record_for(ours, workload, "lv404_red"))
+    database.commit_tuning_record(_record_for(theirs, workload, "lv338_red"))
+    with pytest.raises(Exception):  # noqa: B017  (TVM's own loader: the whole database)
+        _tvm.ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
+                                      str(tmp_path / RECORD_FILE), allow_missing=True,
+                                      module_equality="structural")
+    reopened = open_database(tmp_path)
+    assert len(reopened) == 1 and count_records(tmp_path) == 1
+
+
+def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
+    from types import SimpleNamespace
+
+    from compile import _tvm
+    from compile.tuning_db import (
+        PROVENANCE_FILE,
+        import_shared_records,
+        open_database,
+        write_provenance,
+    )
+
+    target = {"kind": "llvm"}
+    other = tmp_path / "tune_logs" / "fp32_model" / "x86_64"
+    source = open_database(other)
+    theirs = _row_sum("lv338_red")
+    source.commit_tuning_record(_record_for(theirs, source.commit_workload(theirs),
+                                            "lv338_red"))
+    write_provenance(other, {"target": target, "tvm_version": _tvm.TVM_VERSION})
+    assert (other / PROVENANCE_FILE).is_file()
+    mine = tmp_path / "tune_logs" / "int8_model" / "x86_64"
+    database = open_database(mine)
+    same_names = SimpleNamespace(task_name="same", dispatched=[_row_sum("lv338_red")])
+    other_names = SimpleNamespace(task_name="renamed", dispatched=[_row_sum("lv404_red")])
+    assert import_shared_records(database, [other_names], mine, tmp_path / "tune_logs",
+                                 target) == {}
+    assert import_shared_records(database, [same_names], mine, tmp_path / "tune_logs",
+                                 target) == {"same": 1}
