@@ -42,6 +42,10 @@ def summary(result: CompileResult) -> str:
             verdict = "passed" if g["passed"] else "FAILED"
             lines.append(f"gate       {verdict}: {g['metric']} drop {g['drop']:.2%} (max "
                          f"{g['max_drop']:.2%}) vs float32 on {g['validation']}")
+            bf16 = g.get(f"bf16_weights_{g['metric']}")
+            if bf16 is not None:
+                lines.append(f"           for scale: float32 weights rounded to bfloat16 alone "
+                             f"drop {1 - bf16:.2%}")
             if "top1_confident" in g:
                 lines.append(f"           top-1 agreement {g['top1_confident']:.1%} on the "
                              f"{g['confident_share']:.0%} of samples where float32's top-1 leads "

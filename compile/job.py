@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 import runner
 from runner.model import host_arch
 
 from . import build as build_stage
-from .accuracy import GateResult, evaluate
+from .accuracy import GateResult, bf16_weights, evaluate
 from .artifact import StagedArtifact, build_manifest, package_version, write_json_atomic
 from .config import CompileJob, QuantScheme, host_threads
 from .datasets import SampleSet, load_samples
@@ -109,9 +111,12 @@ def _gate(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int,
     """The accuracy gate: the staged int8 artifact against ONNX Runtime's float32 model."""
     model = runner.load(stage, num_threads=threads)
     session = ort_session(prepared.imported.onnx_path, threads)
+    rounded = bf16_weights(onnx.load(str(prepared.imported.onnx_path)))
+    bf16_session = ort_session(rounded.SerializeToString(), threads)
     log.info("accuracy gate on %d validation samples", len(validation))
     result = evaluate(job.model.task, model.run, lambda x: reference_outputs(session, x),
-                      validation, prepared.imported.metadata, job.quant.max_drop)
+                      validation, prepared.imported.metadata, job.quant.max_drop,
+                      run_bf16=lambda x: reference_outputs(bf16_session, x))
     result.metrics["validation_samples"] = len(validation)
     return result
 
@@ -256,9 +261,12 @@ def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult,
     worst = worst_layers(report, job.quant.keep_float_worst or 3)
     shown = ", ".join(f"{r['node']} ({r['sensitivity_db']:+.1f} dB)" for r in report
                       if r["node"] in worst)
+    bf16 = gate.metrics.get(f"bf16_weights_{gate.metric_name}")
+    scale = ("" if bf16 is None else
+             f" (float32 weights rounded to bfloat16 alone: drop {1 - bf16:.2%})")
     error = QuantizationError(
         f"int8 accuracy gate failed: {gate.metric_name} drop {gate.drop:.2%} > quant.max_drop "
-        f"{gate.max_drop:.2%} on {gate.samples} validation samples; layers that hurt most "
+        f"{gate.max_drop:.2%} on {gate.samples} validation samples{scale}; layers that hurt most "
         f"(output SQNR gained when each alone stays float): {shown}; keep them in float with "
         "quant.keep_float_worst=N or quant.exclude=[...]")
     error.worst_layers = worst if attempt == 1 else None  # type: ignore[attr-defined]

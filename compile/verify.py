@@ -13,12 +13,13 @@ import numpy as np
 import onnxruntime as ort
 
 
-def ort_session(onnx_path: str | Path, threads: int) -> ort.InferenceSession:
+def ort_session(onnx_path: str | Path | bytes, threads: int) -> ort.InferenceSession:
     """Create an ONNX Runtime CPU session with all graph optimizations and a fixed thread count.
 
     Parameters
     ----------
-    onnx_path : str or Path
+    onnx_path : str, Path or bytes
+        The ONNX file, or a serialized model.
     threads : int
         ``intra_op_num_threads`` (``inter_op_num_threads`` is 1, sequential execution).
     """
@@ -28,7 +29,8 @@ def ort_session(onnx_path: str | Path, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def reference_outputs(session: ort.InferenceSession,

@@ -49,12 +49,15 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
     assert quant["settings"]["calibrator"] == calibrator
     assert quant["gate"]["passed"] and quant["gate"]["metric"] == "cosine"
     assert "32 samples" in quant["calibration"] and "12 samples" in quant["gate"]["validation"]
+    # bf16-rounded weights perturb far less than int8: cosine nearer 1 than the int8 artifact's
+    assert 1 - quant["gate"]["drop"] < quant["gate"]["bf16_weights_cosine"] <= 1.0
 
 
 def test_gate_fails_with_too_strict_threshold(tiny_dir, job_for, npz, tmp_path):
     job = job_for(tiny_dir / "conv_bn_relu.onnx", *int8_overrides(npz, "quant.max_drop=0.0"))
     with pytest.raises(QuantizationError,
-                       match=r"accuracy gate failed: cosine drop .* layers that hurt most .*Conv"):
+                       match=r"accuracy gate failed: cosine drop .* rounded to bfloat16 alone: "
+                             r"drop .* layers that hurt most .*Conv"):
         run_compile(job)
     assert not (tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8").exists()
 
@@ -190,12 +193,42 @@ def test_classification_gate_separates_near_ties():
     ref = [logits(1, 2, 8.0), logits(3, 4, 8.0), logits(5, 6, 0.12), logits(7, 8, 0.12)]
     ours = [logits(1, 2, 8.0), logits(4, 3, 8.0), logits(5, 6, 0.12), logits(8, 7, 0.12)]
     samples = SampleSet([{"i": np.array(i)} for i in range(4)], "four synthetic logits")
+    bf16 = [ref[0], ref[1], ref[2], ours[3]]  # the rounded-weights model flips one near tie
     result = evaluate(Task.image_classification, lambda s: {"y": ours[int(s["i"])]},
-                      lambda s: {"y": ref[int(s["i"])]}, samples, {}, max_drop=0.4)
+                      lambda s: {"y": ref[int(s["i"])]}, samples, {}, max_drop=0.4,
+                      run_bf16=lambda s: {"y": bf16[int(s["i"])]})
+    assert result.metrics["bf16_weights_top1"] == 0.75
     assert result.metrics["top1"] == 0.5 and result.drop == 0.5 and not result.passed
     assert result.metrics["confident_share"] == 0.5
     assert result.metrics["top1_confident"] == 0.5
     assert [d["sample"] for d in result.disagreements] == [1, 3]
+
+
+def test_bf16_weights_rounds_float_initializers_only():
+    from compile.accuracy import bf16_weights
+
+    # 1 + 2**-8 is a tie between 1 and 1 + 2**-7 (8 significant bits): to even, 1.0;
+    # 1 + 3 * 2**-8 rounds up to 1 + 2**-6.
+    # Weights as an initializer and in a Constant node (as PaddlePaddle exports them).
+    weights = np.array([1.00390625, 1.01171875, -3.14159265], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(weights, "c")),
+         helper.make_node("Mul", ["x", "w"], ["xw"]), helper.make_node("Mul", ["xw", "c"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        [numpy_helper.from_array(weights, "w"),
+         numpy_helper.from_array(np.array([7], np.int64), "shape")])
+    model = helper.make_model(graph)
+    rounded = bf16_weights(model)
+    values = {i.name: numpy_helper.to_array(i) for i in rounded.graph.initializer}
+    values["c"] = numpy_helper.to_array(rounded.graph.node[0].attribute[0].t)
+    for name in ("w", "c"):
+        np.testing.assert_array_equal(values[name], np.array([1.0, 1.015625, -3.140625], "f4"))
+        assert values[name].dtype == np.float32
+    assert values["shape"].tolist() == [7]
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), weights)
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.node[0].attribute[0].t),
+                                  weights)
 
 
 def test_bias_correction_must_be_known():
