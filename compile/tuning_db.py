@@ -259,6 +259,9 @@ def count_records(folder: Path) -> int:
 def open_database(folder: Path) -> Any:
     """Open (creating if missing) MetaSchedule's JSON database in ``folder``, after :func:`repair`.
 
+    When TVM refuses the files, records whose schedule does not apply to their workload are
+    dropped (:func:`drop_unreplayable`) and the files are read once more.
+
     Raises
     ------
     TuningDatabaseError
@@ -268,20 +271,19 @@ def open_database(folder: Path) -> Any:
     repair(folder)
     try:
         return _json_database(folder)
-    except Exception as err:  # TVMError from the JSON loader
-        message = str(err).strip().splitlines()[-1]
-    if not drop_unreplayable(folder):
-        raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: {message}")
-    try:
-        return _json_database(folder)
-    except Exception as err:  # noqa: BLE001
-        raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
-                                  f"{str(err).strip().splitlines()[-1]}") from None
+    except TuningDatabaseError:
+        if not drop_unreplayable(folder):
+            raise
+    return _json_database(folder)
 
 
 def _json_database(folder: Path) -> Any:
-    return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
-                                         allow_missing=True, module_equality="structural")
+    try:
+        return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
+                                             allow_missing=True, module_equality="structural")
+    except Exception as err:  # TVMError from the JSON loader
+        raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
+                                  f"{str(err).strip().splitlines()[-1]}") from None
 
 
 def replays(trace: Any, mod: tvm.IRModule) -> bool:

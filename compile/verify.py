@@ -13,12 +13,12 @@ import numpy as np
 import onnxruntime as ort
 
 
-def ort_session(onnx_path: str | Path | bytes, threads: int) -> ort.InferenceSession:
+def ort_session(model: str | Path | bytes, threads: int) -> ort.InferenceSession:
     """Create an ONNX Runtime CPU session with all graph optimizations and a fixed thread count.
 
     Parameters
     ----------
-    onnx_path : str, Path or bytes
+    model : str, Path or bytes
         The ONNX file, or a serialized model.
     threads : int
         ``intra_op_num_threads`` (``inter_op_num_threads`` is 1, sequential execution).
@@ -29,8 +29,8 @@ def ort_session(onnx_path: str | Path | bytes, threads: int) -> ort.InferenceSes
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def reference_outputs(session: ort.InferenceSession,

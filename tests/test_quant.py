@@ -204,7 +204,7 @@ def test_classification_gate_separates_near_ties():
     assert [d["sample"] for d in result.disagreements] == [1, 3]
 
 
-def test_bf16_weights_rounds_float_initializers_only():
+def test_bf16_weights_rounds_float_constants_only():
     from compile.accuracy import bf16_weights
 
     # 1 + 2**-8 is a tie between 1 and 1 + 2**-7 (8 significant bits): to even, 1.0;
