@@ -30,6 +30,8 @@ TVM_FFI_VERSION = tvm_ffi.__version__
 # Relax types: 0.27 calls struct info "ty" (var.ty, func.ret_ty) with these classes.
 TensorType = relax.TensorType
 TupleType = relax.TupleType
+# Relax constants: relax.const(...) makes tvm.ir.GenericConst, a subclass of this.
+RelaxConstant = tvm.ir.expr.Constant
 
 
 #: Tensor-intrinsic modules per target family (tvm.s_tir.tensor_intrin.<module>).

@@ -93,7 +93,7 @@ class BenchResult:
 
 def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path | None:
     """The artifact folder if it was built from this model with the current database."""
-    folder = variant_path(job.paths.artifacts_dir, str(job.model.name), job.target.name,
+    folder = variant_path(job.paths.artifacts_dir, str(job.model.name), job.target,
                           job.quant.scheme)
     try:
         manifest = read_manifest(folder)
@@ -112,7 +112,7 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
 def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
     """The job's artifact, compiled first unless a matching one exists (``bench.recompile``)."""
     prepared = prepare_model(job.model, job.target, job.quant, job.paths)
-    folder = database_folder(job.paths, str(job.model.name), job.target.name, job.quant.scheme,
+    folder = database_folder(job.paths, str(job.model.name), job.target, job.quant.scheme,
                              job.tuning.database)
     applied, _ = find_database(prepared, folder, explicit=bool(job.tuning.database))
     artifact = None if job.bench.recompile else _current_artifact(

@@ -60,6 +60,17 @@ class TargetKind(Enum):
     cuda = "cuda"
 
 
+class Layout(Enum):
+    """Data layout of 2-D convolutions in the compiled model (Relax ``ConvertLayout``).
+
+    The model's inputs and outputs keep their ONNX layout either way; ``NHWC`` converts
+    activations once at the input.
+    """
+
+    NCHW = "NCHW"  # as imported from ONNX
+    NHWC = "NHWC"  # channels last, kernels OHWI (CPU targets)
+
+
 class CostModel(Enum):
     """MetaSchedule cost models (``tune_relax(cost_model=...)``)."""
 
@@ -159,8 +170,13 @@ class TargetConfig:
     # CPU: cap on the explicit unrolling tuned schedules ask for (compile.passes.CapUnroll;
     # code size), null = as tuned
     max_unroll_steps: int | None = None
+    # CPU: layout of 2-D convolutions (NHWC: channels last; float models only)
+    layout: Layout = Layout.NCHW
 
     def __post_init__(self) -> None:
+        if self.layout == Layout.NHWC and self.kind != TargetKind.llvm:
+            raise ConfigError(f"target {self.name}: target.layout=NHWC is for CPU (llvm) "
+                              "targets; use target.layout=NCHW")
         if self.kind == TargetKind.cuda:
             if not self.arch or not _SM_ARCH.match(self.arch):
                 raise ConfigError(f"target {self.name}: kind=cuda needs target.arch like sm_80, "

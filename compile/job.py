@@ -166,7 +166,7 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
     warnings: list[str] = []
     applied = None
     if job.tuning.apply:
-        folder = database_folder(job.paths, str(cfg_m.name), cfg_t.name, scheme,
+        folder = database_folder(job.paths, str(cfg_m.name), cfg_t, scheme,
                                  job.tuning.database)
         applied, warnings = find_database(prepared, folder, explicit=bool(job.tuning.database))
     mod = applied.mod if applied else prepared.mod
@@ -179,7 +179,7 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
 
     built = build_stage.build(mod, cfg_t, prepared.target, job.paths.cache_dir)
     metrics["compile_s"] = built.compile_s
-    final_dir = variant_path(job.paths.artifacts_dir, str(cfg_m.name), cfg_t.name, scheme)
+    final_dir = variant_path(job.paths.artifacts_dir, str(cfg_m.name), cfg_t, scheme)
     with StagedArtifact(final_dir) as stage:
         start = time.perf_counter()
         build_stage.export(built.executable, stage.library, cfg_t)
@@ -199,7 +199,8 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
             device_code=built.device_code,
             pipeline={"name": pipeline.name, "fingerprint": pipeline.fingerprint,
                       "passes": pipeline.pass_names,
-                      "max_unroll_steps": cfg_t.max_unroll_steps},
+                      "max_unroll_steps": cfg_t.max_unroll_steps,
+                      "layout": cfg_t.layout.name},
             quantization=quantization, tuning=tuning)
         write_json_atomic(stage.manifest, build_manifest(**manifest_args,
                                                          verification={"status": "pending"}))
@@ -298,7 +299,8 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
         "model": {"name": result.model, "onnx_sha256": imported.onnx_sha256,
                   "opset": imported.opset, "task": job.model.task.name,
                   "inputs": [s.to_json() for s in imported.inputs]},
-        "target": {"name": result.target, "dict": result.target_dict},
+        "target": {"name": result.target, "dict": result.target_dict,
+                   "layout": job.target.layout.name},
         "quant": {"scheme": job.quant.scheme.name}, "threads": result.threads,
         "tuning": {k: v for k, v in result.tuning.items() if k != "untuned_tasks"}}
     if "settings" in quant and attempt == 1:

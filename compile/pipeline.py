@@ -16,8 +16,8 @@ from pathlib import Path
 import tvm
 
 from . import _tvm
-from .config import QuantScheme, TargetConfig, TargetKind
-from .passes import CapUnroll, DumpIR, LowerQDQToInteger
+from .config import Layout, QuantScheme, TargetConfig, TargetKind
+from .passes import CapUnroll, ClipToMaxMin, DumpIR, LowerQDQToInteger
 
 relax = _tvm.relax
 
@@ -34,7 +34,7 @@ class Pipeline:
     Attributes
     ----------
     name : str
-        ``<family>-<quant scheme>``, e.g. ``"cpu-none"``.
+        ``<family>-<quant scheme>[-nhwc]``, e.g. ``"cpu-none"``.
     phases : tuple of (str, tuple of tvm.transform.Pass)
         Named phases, run in order; the kernel count is taken after each.
     dump_dir : Path or None
@@ -89,7 +89,9 @@ class Pipeline:
         mod : tvm.IRModule
             The prepared module: fused PrimFuncs, the tuning tasks.
         kernels : dict of str to int
-            PrimFunc count after each phase, by phase name.
+            PrimFunc count after each phase, by phase name; NHWC pipelines add
+            ``layout_transposes``, the activation transposes after the graph phase
+            (:func:`count_layout_transposes`).
         """
         kernels = {}
         with target:
@@ -99,22 +101,30 @@ class Pipeline:
                     continue
                 mod = tvm.transform.Sequential([*passes, DumpIR(self.dump_dir, index, phase)])(mod)
                 kernels[phase] = count_kernels(mod)
+                if phase == "graph" and "ConvertLayout" in self.pass_names:
+                    kernels["layout_transposes"] = count_layout_transposes(mod)
         return mod, kernels
 
 
-def graph_passes(quant: QuantScheme) -> list:
+def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     """Phase 1: graph-level rewrites on Relax operators, before lowering.
 
     ``int8``: quantized conv2d/matmul into integer compute (QDQ models; 1x1 convolutions
     packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
-    it); ``fp16``: float16 compute with float32 accumulation (GPU targets).
+    it); ``fp16``: float16 compute with float32 accumulation (GPU targets). ``NHWC``: 2-D
+    convolutions channels last (kernels OHWI), the imported Clips first made Relax operators
+    so the layout flows through them (``compile.passes.ClipToMaxMin``).
     """
+    nhwc = [relax.transform.FoldConstant(), ClipToMaxMin(), relax.transform.DeadCodeElimination()]
     return [
         LowerQDQToInteger() if quant == QuantScheme.int8 else tvm.transform.Sequential([]),
+        *(nhwc if layout == Layout.NHWC else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
         (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16
          else tvm.transform.Sequential([])),
+        (relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})
+         if layout == Layout.NHWC else tvm.transform.Sequential([])),
     ]
 
 
@@ -135,7 +145,7 @@ def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.
     cpu = family(target) == "cpu"
     phases = (
         # Phase 1. Graph rewrites.
-        ("graph", tuple(graph_passes(quant))),
+        ("graph", tuple(graph_passes(quant, target.layout))),
         # Phase 2. Every operator lowered to its own PrimFunc: the kernel count before fusion.
         ("legalize", (relax.transform.LegalizeOps(),)),
         # Phase 3. Fusion into kernels: these PrimFuncs are the tuning tasks.
@@ -146,7 +156,8 @@ def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.
         # layout (MetaSchedule's RewriteLayout); post_tuning_passes packs them at compile time.
         ("layout", (relax.transform.AttachAttrLayoutFreeBuffers(),) if cpu else ()),
     )
-    return Pipeline(f"{family(target)}-{quant.name}", phases, Path(dump_dir) if dump_dir else None)
+    name = f"{family(target)}-{quant.name}" + ("-nhwc" if target.layout == Layout.NHWC else "")
+    return Pipeline(name, phases, Path(dump_dir) if dump_dir else None)
 
 
 def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
@@ -172,3 +183,22 @@ def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
 def count_kernels(mod: tvm.IRModule) -> int:
     """Return the number of PrimFuncs (kernels) in a module."""
     return sum(1 for _, func in mod.functions.items() if isinstance(func, _tvm.PrimFunc))
+
+
+def count_layout_transposes(mod: tvm.IRModule) -> int:
+    """Return the number of ``permute_dims`` of non-constant tensors in ``main``.
+
+    After ``ConvertLayout`` these are the activations' layout changes: one at each model input
+    and output that has the other layout, and two around every operator without a layout rule
+    (constants' permutations fold away at compile time and are not counted).
+    """
+    found = []
+
+    def visit(expr) -> None:
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name == "relax.permute_dims"
+                and not isinstance(expr.args[0], _tvm.RelaxConstant)):
+            found.append(expr)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return len(found)

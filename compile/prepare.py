@@ -17,7 +17,15 @@ import tvm
 from runner.manifest import sha256_file
 
 from . import _tvm
-from .config import ModelConfig, PathsConfig, QuantConfig, QuantScheme, TargetConfig, TargetKind
+from .config import (
+    Layout,
+    ModelConfig,
+    PathsConfig,
+    QuantConfig,
+    QuantScheme,
+    TargetConfig,
+    TargetKind,
+)
 from .datasets import SampleSet, load_samples
 from .errors import ConfigError, QuantizationError, TuningDatabaseError
 from .importer import ImportedModel, import_model
@@ -70,8 +78,12 @@ def check_quant_target(quant: QuantConfig, target_cfg: TargetConfig) -> None:
     Raises
     ------
     ConfigError
-        fp16/bf16 on a CPU target, or bf16 (TVM 0.27's mixed-precision pass makes float16 only).
+        fp16/bf16 on a CPU target, bf16 (TVM 0.27's mixed-precision pass makes float16 only),
+        or int8 with ``target.layout=NHWC`` (the integer lowering reads NCHW convolutions).
     """
+    if quant.scheme == QuantScheme.int8 and target_cfg.layout == Layout.NHWC:
+        raise ConfigError("quant=int8 computes convolutions in NCHW (LowerQDQToInteger); "
+                          "use target.layout=NCHW with it")
     if quant.scheme in (QuantScheme.fp16, QuantScheme.bf16) and target_cfg.kind != TargetKind.cuda:
         raise ConfigError(f"quant={quant.scheme.name} is for CUDA targets; on CPU it runs "
                           "15-60x slower than float32 (use quant=int8 or quant=none)")
@@ -126,6 +138,11 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
     metrics["kernels_after_fusion"] = kernels["fuse"]
     log.info("%s: %d kernels before fusion, %d after", model.name, kernels["legalize"],
              kernels["fuse"])
+    if "layout_transposes" in kernels:
+        metrics["layout_transposes"] = kernels["layout_transposes"]
+        log.info("%s in %s: %d activation transposes (inputs, outputs, and two around each "
+                 "operator without an NHWC rule)", model.name, target_cfg.layout.name,
+                 kernels["layout_transposes"])
     if quant.scheme == QuantScheme.int8 and not pipeline.integer_ops:
         raise QuantizationError(f"nothing was computed in integers: no quantized Conv/MatMul/Gemm "
                                 f"of {model.name} matched LowerQDQToInteger's patterns")
@@ -134,15 +151,17 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
                          quantized.get("calibration"))
 
 
-def variant_path(root: str | Path, model: str, target: str, quant: QuantScheme) -> Path:
-    """``<root>/<model>/<target>``, plus ``/<scheme>`` for quantized variants."""
-    path = Path(root) / model / target
-    return path if quant == QuantScheme.none else path / quant.name
+def variant_path(root: str | Path, model: str, target: TargetConfig, quant: QuantScheme) -> Path:
+    """``<root>/<model>/<target>``, plus ``/<scheme>`` for quantized and ``/nhwc`` for NHWC ones."""
+    path = Path(root) / model / target.name
+    if quant != QuantScheme.none:
+        path = path / quant.name
+    return path / "nhwc" if target.layout == Layout.NHWC else path
 
 
-def database_folder(paths: PathsConfig, model: str, target: str, quant: QuantScheme,
+def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant: QuantScheme,
                     explicit: str | None = None) -> Path:
-    """The tuning database: ``tuning.database`` or ``tune_logs/<model>/<target>[/<scheme>]``."""
+    """The tuning database: ``tuning.database`` or :func:`variant_path` under ``tune_logs``."""
     return Path(explicit) if explicit else variant_path(paths.tune_logs_dir, model, target, quant)
 
 

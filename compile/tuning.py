@@ -471,7 +471,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     hide_torch_from_workers(job.paths.cache_dir)
     prepared = prepare_model(job.model, job.target, job.quant, job.paths, job.dump_ir)
     model, target_name = str(job.model.name), job.target.name
-    folder = database_folder(job.paths, model, target_name, job.quant.scheme, cfg.database)
+    folder = database_folder(job.paths, model, job.target, job.quant.scheme, cfg.database)
     old = read_provenance(folder)
     if old is not None:
         problem = mismatch(old, prepared.database_key)

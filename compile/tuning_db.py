@@ -413,6 +413,7 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
         if provenance.get("target") != target or provenance.get("tvm_version") != _tvm.TVM_VERSION:
             continue
         source = open_database(other)
+        from_here = 0
         for task in tasks:
             mod = task.dispatched[0]
             if database.has_workload(mod) or not source.has_workload(mod):
@@ -426,6 +427,7 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
                 database.commit_tuning_record(_tvm.ms.database.TuningRecord(
                     record.trace, workload, record.run_secs, record.target, record.args_info))
                 copied[task.task_name] = copied.get(task.task_name, 0) + 1
-        if copied:
-            log.info("reused records from %s for %d task(s)", other, len(copied))
+            from_here += 1
+        if from_here:
+            log.info("reused records from %s for %d task(s)", other, from_here)
     return copied

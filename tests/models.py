@@ -47,6 +47,33 @@ def conv_bn_relu() -> onnx.ModelProto:
     return finish(graph)
 
 
+def inverted_residual() -> onnx.ModelProto:
+    """A MobileNetV2 block and head, x float32 [1, 8, 12, 12] -> y float32 [1, 5].
+
+    Conv 1x1 (16) -> Clip(0, 6) -> depthwise 3x3 -> Clip(0, 6) -> Conv 1x1 (8) -> Add x ->
+    GlobalAveragePool -> Flatten -> Gemm (5); the Clips take their bounds as inputs (opset 17).
+    """
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"]),
+        helper.make_node("Add", ["c3", "x"], ["res"]),
+        helper.make_node("GlobalAveragePool", ["res"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w4", "b4"], ["y"], transB=1),
+    ]
+    inits = [_init("w1", (16, 8, 1, 1)), _init("b1", (16,)), _init("w2", (16, 1, 3, 3)),
+             _init("b2", (16,)), _init("w3", (8, 16, 1, 1)), _init("w4", (5, 8)),
+             _init("b4", (5,)),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    graph = helper.make_graph(nodes, "inverted_residual", [value("x", [1, 8, 12, 12])],
+                              [value("y", [1, 5])], inits)
+    return finish(graph)
+
+
 def matmul_gelu_layernorm(batch: int | str = 1) -> onnx.ModelProto:
     """x float32 [batch, 8, 64] -> MatMul+Add (128) -> Gelu -> LayerNormalization, opset 20."""
     nodes = [

@@ -1,7 +1,8 @@
 """The project's own passes (Relax, and TIR schedules), one per file, each named after its class."""
 
 from .cap_unroll import CapUnroll
+from .clip_to_max_min import ClipToMaxMin
 from .dump_ir import DumpIR
 from .lower_qdq_to_integer import LowerQDQToInteger
 
-__all__ = ["CapUnroll", "DumpIR", "LowerQDQToInteger"]
+__all__ = ["CapUnroll", "ClipToMaxMin", "DumpIR", "LowerQDQToInteger"]

@@ -1,0 +1,142 @@
+"""NHWC convolutions on CPU: ClipToMaxMin (Before/Expected), the pipeline, the compile job."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, topi
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from compile import _tvm
+from compile.config import Layout, QuantScheme
+from compile.errors import ConfigError
+from compile.passes import ClipToMaxMin
+from compile.pipeline import count_layout_transposes, graph_passes, preparation_pipeline
+
+from . import models
+from .conftest import compose
+
+SHAPE = (1, 4, 8, 8)
+
+
+def _imported_clip(lo, hi, bound_param: bool = False) -> tvm.IRModule:
+    """Clip as TVM's ONNX importer emits it: call_tir of TE maximum, then minimum."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor(SHAPE, "float32"))
+    params = [x]
+    if bound_param:
+        lo = relax.Var("lo", R.Tensor((), "float32"))
+        params.append(lo)
+    with bb.function("main", params):
+        with bb.dataflow():
+            low = bb.emit_te(topi.maximum, x, lo)
+            high = bb.emit_te(topi.minimum, low, hi)
+            out = bb.emit_output(high)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _rewrite(mod: tvm.IRModule) -> tvm.IRModule:
+    return relax.transform.DeadCodeElimination()(ClipToMaxMin()(mod))
+
+
+ZERO = np.zeros((1, 1, 1, 1), np.float32)
+SIX = np.full((1, 1, 1, 1), 6.0, np.float32)
+
+
+@I.ir_module
+class ClipExpected:
+    @R.function
+    def main(x: R.Tensor((1, 4, 8, 8), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+        with R.dataflow():
+            low = R.maximum(x, R.const(ZERO))
+            high = R.minimum(low, R.const(SIX))
+            out = high  # the importer's output binding stays (CanonicalizeBindings removes it)
+            R.output(out)
+        return out
+
+
+def test_clip_becomes_relax_maximum_minimum():
+    before = _imported_clip(relax.const(np.float32(0)), relax.const(np.float32(6)))
+    tvm.ir.assert_structural_equal(_rewrite(before), ClipExpected)
+
+
+def test_bounds_that_are_not_constants_are_left():
+    before = _imported_clip(None, relax.const(np.float32(6)), bound_param=True)
+    after = ClipToMaxMin()(before)
+    names = [gv.name_hint for gv, f in after.functions.items() if isinstance(f, _tvm.PrimFunc)]
+    assert "maximum" in names  # the call_tir with a parameter bound stays
+    assert "minimum" not in [gv.name_hint for gv, f in _rewrite(before).functions.items()]
+
+
+def test_other_call_tir_untouched():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit_te(topi.add, x, relax.const(np.float32(1))))
+        bb.emit_func_output(out)
+    before = bb.get()
+    assert ClipToMaxMin()(before).same_as(before)
+
+
+def test_rewritten_clip_computes_the_same_bits():
+    before = _imported_clip(relax.const(np.float32(-0.5)), relax.const(np.float32(6)))
+    x = (np.random.default_rng(0).standard_normal(SHAPE) * 8).astype(np.float32)
+    outputs = []
+    for mod in (before, _rewrite(before)):
+        vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[1], np.clip(x, -0.5, 6))
+
+
+def test_nhwc_graph_transposes_only_at_the_edges():
+    """Input to NHWC (twice: conv and residual), pooled output back: no transposes at Clips."""
+    mod = _tvm.from_onnx(models.inverted_residual(), shape_dict={"x": [1, 8, 12, 12]})
+    with tvm.target.Target("llvm"):
+        nhwc = tvm.transform.Sequential(graph_passes(QuantScheme.none, Layout.NHWC))(mod)
+        plain = tvm.transform.Sequential([
+            relax.transform.FoldConstant(),
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})])(mod)
+    assert count_layout_transposes(nhwc) == 3
+    assert count_layout_transposes(plain) == 7  # without ClipToMaxMin: two per Clip
+
+
+def test_nhwc_is_its_own_pipeline():
+    nchw = compose("target=x86_64").target
+    nhwc = compose("target=x86_64", "target.layout=NHWC").target
+    assert preparation_pipeline(nhwc).name == "cpu-none-nhwc"
+    assert preparation_pipeline(nchw).name == "cpu-none"
+    assert preparation_pipeline(nhwc).fingerprint != preparation_pipeline(nchw).fingerprint
+    assert "ClipToMaxMin" not in preparation_pipeline(nchw).pass_names
+
+
+def test_nhwc_compile_job_matches_onnx_runtime(tiny_dir, job_for):
+    from compile.job import run_compile
+
+    result = run_compile(job_for(tiny_dir / "inverted_residual.onnx", "target.layout=NHWC"))
+    assert result.artifact_dir.name == "nhwc"
+    assert result.verification["status"] == "passed"
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    assert manifest["pipeline"]["layout"] == "NHWC"
+    assert manifest["pipeline"]["name"] == "cpu-none-nhwc"
+    assert "ConvertLayout" in manifest["pipeline"]["passes"]
+    assert result.metrics["layout_transposes"] == 3
+
+
+def test_nhwc_needs_a_cpu_target():
+    with pytest.raises(ConfigError, match="target.layout=NHWC is for CPU"):
+        compose("target=cuda_sm80", "target.layout=NHWC")
+
+
+def test_nhwc_with_int8_is_refused_before_work(tiny_dir, job_for):
+    from compile.job import run_compile
+
+    with pytest.raises(ConfigError, match="quant=int8 computes convolutions in NCHW"):
+        run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target.layout=NHWC",
+                            "quant=int8"))
