@@ -124,14 +124,40 @@ def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
     return artifact, prepared
 
 
-def _timed(name: str, threads: int, fn, cfg, batch: int, inputs=None) -> BenchRow:
-    if inputs is not None:  # fn takes the inputs
-        fn = functools.partial(fn, inputs)
-    once = runner.time_callable(fn, runs=1, warmup=1)
-    runs = max(3, min(cfg.runs, int(cfg.max_s * 1e3 / max(once.p50_ms, 1e-3))))
-    stats = runner.time_callable(fn, runs=runs, warmup=cfg.warmup)
-    log.info("%-16s threads=%d p50 %.3f ms (%d runs)", name, threads, stats.p50_ms, runs)
-    return BenchRow(name, threads, stats, batch)
+def _interleaved(engines: list[tuple[str, Callable]], threads: int, cfg,
+                 batch: int) -> list[BenchRow]:
+    """Time every engine at one thread count, in rounds where the engines take turns.
+
+    Each engine gets ``cfg.warmup`` untimed calls first and one more before each of its rounds;
+    its timed runs (``cfg.runs``, fewer if they would exceed ``cfg.max_s``) are split into
+    ``cfg.rounds`` rounds, the order of the engines reversed every other round.
+
+    Parameters
+    ----------
+    engines : list of (str, callable)
+        Engine name and a function running the model once on the benchmark input.
+    """
+    runs = []
+    for _, fn in engines:
+        once = runner.time_callable(fn, runs=1, warmup=1)
+        runs.append(max(3, min(cfg.runs, int(cfg.max_s * 1e3 / max(once.p50_ms, 1e-3)))))
+        for _ in range(cfg.warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in engines]
+    for round_index in range(cfg.rounds):
+        order = list(range(len(engines)))
+        for i in order if round_index % 2 == 0 else order[::-1]:
+            share = runs[i] // cfg.rounds + (round_index < runs[i] % cfg.rounds)
+            if share:
+                engines[i][1]()
+                samples[i].extend(runner.time_samples(engines[i][1], share))
+    rows = []
+    for (name, _), timed in zip(engines, samples, strict=True):
+        stats = LatencyStats.from_samples(timed, cfg.warmup)
+        log.info("%-16s threads=%d p50 %.3f ms (%d runs)", name, threads, stats.p50_ms,
+                 stats.runs)
+        rows.append(BenchRow(name, threads, stats, batch))
+    return rows
 
 
 def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
@@ -192,16 +218,17 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
                 if int8:
                     peers.append(("openvino-int8", qdq_path, openvino_runner))
         for threads in thread_counts:
-            rows.append(_timed(ours, threads, runner.load(artifact, num_threads=threads).run,
-                               cfg, batch, inputs))
+            ours_model = runner.load(artifact, num_threads=threads)
+            engines: list[tuple[str, Callable]] = [
+                (ours, functools.partial(ours_model.run, inputs))]
             if fp32_artifact is not None:
                 fp32_model = runner.load(fp32_artifact, num_threads=threads)
-                rows.append(_timed(OURS, threads, fp32_model.run, cfg, batch, inputs))
-            for name, path, make in peers:
-                rows.append(_timed(name, threads, make(path, threads, inputs), cfg, batch))
+                engines.append((OURS, functools.partial(fp32_model.run, inputs)))
+            engines += [(name, make(path, threads, inputs)) for name, path, make in peers]
             if untuned_dir is not None:
                 slow = runner.load(untuned_dir, num_threads=threads)
-                rows.append(_timed("untuned", threads, slow.run, cfg, batch, inputs))
+                engines.append(("untuned", functools.partial(slow.run, inputs)))
+            rows += _interleaved(engines, threads, cfg, batch)
     versions = {"tvm": manifest["versions"]["tvm"],
                 "onnxruntime": manifest["versions"]["onnxruntime"],
                 "openvino": openvino_version()}

@@ -396,6 +396,9 @@ class BenchConfig:
     runs: int = 100  # timed runs per engine and thread count (fewer if over max_s)
     warmup: int = 10
     max_s: float = 30.0  # per engine and thread count: cap on timed wall time
+    # the timed runs are split into this many rounds, the engines taking turns (order reversed
+    # every other round), so drift on a shared machine hits every engine alike
+    rounds: int = 5
     threads: list[int] = field(default_factory=list)  # empty: [1, this machine's cores]
     baselines: list[Baseline] = field(default_factory=lambda: [Baseline.onnxruntime,
                                                                Baseline.openvino,
@@ -403,8 +406,9 @@ class BenchConfig:
     recompile: bool = False  # rebuild the artifact even when a matching one exists
 
     def __post_init__(self) -> None:
-        if self.runs < 1 or self.warmup < 0 or self.max_s <= 0:
-            raise ConfigError("bench.runs must be >= 1, bench.warmup >= 0 and bench.max_s > 0")
+        if self.runs < 1 or self.warmup < 0 or self.max_s <= 0 or self.rounds < 1:
+            raise ConfigError("bench.runs and bench.rounds must be >= 1, bench.warmup >= 0 and "
+                              "bench.max_s > 0")
         if any(t < 1 for t in self.threads):
             raise ConfigError(f"bench.threads must be positive, got {self.threads}")
 

@@ -12,7 +12,7 @@ Examples
 
 from .errors import ArtifactError, InputMismatchError, RunnerError
 from .manifest import SCHEMA_VERSION, TensorSpec, read_manifest
-from .model import CompiledModel, LatencyStats, load, time_callable
+from .model import CompiledModel, LatencyStats, load, time_callable, time_samples
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,4 +25,5 @@ __all__ = [
     "load",
     "read_manifest",
     "time_callable",
+    "time_samples",
 ]

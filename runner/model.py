@@ -151,12 +151,17 @@ def time_callable(fn, runs: int, warmup: int) -> LatencyStats:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs} warmup={warmup}")
     for _ in range(warmup):
         fn()
+    return LatencyStats.from_samples(time_samples(fn, runs), warmup)
+
+
+def time_samples(fn, runs: int) -> list[float]:
+    """Wall time of each of ``runs`` calls of ``fn()``, seconds (``time.perf_counter``)."""
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return LatencyStats.from_samples(samples, warmup)
+    return samples
 
 
 class CompiledModel:

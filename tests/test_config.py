@@ -78,3 +78,10 @@ def test_unknown_group_names_listed():
     assert "unknown model 'resnet9000'" in message and "ppocr_det" in message
     assert "unknown target 'riscv'" in message and "aarch64" in message
     assert check_group_overrides(["model=ppocr_cls", "target=x86_64,aarch64"]) is None
+
+
+def test_bench_rounds_must_be_positive():
+    from compile.config import BenchConfig
+
+    with pytest.raises(ConfigError, match="bench.rounds"):
+        BenchConfig(rounds=0)

@@ -381,3 +381,20 @@ def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
                                  target) == {}
     assert import_shared_records(database, [same_names], mine, tmp_path / "tune_logs",
                                  target) == {"same": 1}
+
+
+def test_bench_engines_take_turns():
+    """Runs split into rounds, engines alternating (order reversed every other round)."""
+    from compile.benchmark import _interleaved
+    from compile.config import BenchConfig
+
+    calls: list[str] = []
+    engines = [(name, lambda name=name: calls.append(name)) for name in ("tvm", "ort", "ov")]
+    rows = _interleaved(engines, 2, BenchConfig(runs=10, warmup=2, rounds=3), batch=1)
+    assert [(r.engine, r.stats.runs, r.threads) for r in rows] == [
+        ("tvm", 10, 2), ("ort", 10, 2), ("ov", 10, 2)]
+    timed = calls[3 * (2 + 2):]  # each engine: a probe (2 calls) and 2 warm-ups first
+    blocks = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]
+    # rounds of 4, 3, 3 runs: tvm ort ov | ov ort tvm | tvm ort ov (adjacent blocks merge)
+    assert blocks == ["tvm", "ort", "ov", "ort", "tvm", "ort", "ov"]
+    assert calls.count("tvm") == 2 + 2 + 3 + 10  # probe, warm-ups, one per round, timed
