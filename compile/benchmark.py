@@ -246,7 +246,8 @@ def _log(tracker: Tracker, result: BenchResult) -> None:
     tracker.log_params({"threads": sorted({r.threads for r in result.rows}),
                         "engines": sorted({r.engine for r in result.rows}),
                         "versions": result.versions, "tasks_tuned": result.tuning["tasks_tuned"],
-                        "tasks_total": result.tuning["tasks_total"]})
+                        "tasks_total": result.tuning["tasks_total"],
+                        "artifact": str(result.artifact_dir)})
     metrics: dict[str, float] = {}
     for row in result.rows:
         for q in ("p50", "p90", "p99"):

@@ -63,8 +63,8 @@ class TargetKind(Enum):
 class Layout(Enum):
     """Data layout of 2-D convolutions in the compiled model (Relax ``ConvertLayout``).
 
-    The model's inputs and outputs keep their ONNX layout either way; ``NHWC`` converts
-    activations once at the input.
+    The model's inputs and outputs keep their ONNX layout either way; ``NHWC`` transposes
+    activations at the model's inputs and outputs, and around operators without an NHWC rule.
     """
 
     NCHW = "NCHW"  # as imported from ONNX

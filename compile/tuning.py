@@ -513,7 +513,8 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "patience": cfg.patience, "min_weight": cfg.min_weight,
                                    "population": cfg.population, "reuse": cfg.reuse},
                         "model": model, "target": {"name": target_name,
-                                                   "dict": prepared.target_json},
+                                                   "dict": prepared.target_json,
+                                                   "layout": job.target.layout.name},
                         "tasks_total": len(stats), "tasks_tuned_this_run": len(chosen),
                         "tasks_reused": len(reused),
                         "trials_before": trials_before, "threads": threads})

@@ -44,8 +44,8 @@ class _Rewriter(relax.PyExprMutator):
         x, bound = args
         x_type = x.ty
         if not (isinstance(bound, _tvm.RelaxConstant) and isinstance(x_type, _tvm.TensorType)
-                and x_type.ndim >= 0):
-            return call
+                and x_type.ndim >= 0 and getattr(call.ty, "ndim", None) == x_type.ndim):
+            return call  # elementwise with a scalar: the result has x's rank
         value = bound.value.numpy()
         if value.size != 1 or str(value.dtype) != str(x_type.dtype):
             return call
