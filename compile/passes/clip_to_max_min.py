@@ -34,12 +34,12 @@ class _Rewriter(relax.PyExprMutator):
 
     def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
         call = super().visit_call_(call)
-        if not call.op.same_as(self.call_tir) or len(call.args) < 2:
-            return call
+        if not call.op.same_as(self.call_tir) or len(call.args) != 2:
+            return call  # call_tir(func, args) only, no symbolic-shape argument
         op = next((f for name, f in _FUNCS.items()
                    if call.args[0].name_hint.startswith(name)), None)
         args = getattr(call.args[1], "fields", [])
-        if op is None or len(args) != 2 or len(call.args) != 2:
+        if op is None or len(args) != 2:
             return call
         x, bound = args
         x_type = x.ty
