@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .job import run_compile
 from .prepare import (
     PreparedModel,
+    adopt_database_cpu,
     database_folder,
     find_database,
     prepare_model,
@@ -110,7 +111,12 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
 
 
 def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
-    """The job's artifact, compiled first unless a matching one exists (``bench.recompile``)."""
+    """The job's artifact, compiled first unless a matching one exists (``bench.recompile``).
+
+    Like the compile job, for the CPU its tuning database was tuned on where this machine runs
+    that CPU's code (:func:`compile.prepare.adopt_database_cpu`).
+    """
+    job, _ = adopt_database_cpu(job)
     prepared = prepare_model(job.model, job.target, job.quant, job.paths)
     folder = database_folder(job.paths, str(job.model.name), job.target, job.quant.scheme,
                              job.tuning.database)

@@ -19,6 +19,12 @@ packed uint8 input (8 pixels × 4 channels, 32 adjacent bytes) and A 4 int8 weig
 * :data:`VNNI_DOT_8x4`: one 256-bit ``vpdpbusd`` (AVX-512 VNNI with AVX-512VL, or AVX-VNNI),
   which adds the four products in int32: exact for any int8 weights.
 
+The *channel* forms (:data:`AVX2_CHANNEL_DOT_8x4`, :data:`VNNI_CHANNEL_DOT_8x4`) swap the
+operands' roles for channels-last data: ``C[i] += sum_k uint8(A[k]) * int8(B[i, k])``, with A 4
+input channels of one pixel (4 adjacent bytes in NHWC) broadcast and B the packed weights of 8
+output channels × 4 input channels (the layout of ``compile.passes.pointwise_int8_nhwc``, and
+of TVM's own ``dense_vnni`` with 16 lanes). Same instructions, same exactness conditions.
+
 :func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel
 Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16`` and ``_mm256_dpbusd_epi32``.
 """
@@ -36,6 +42,10 @@ from tvm.target.codegen import llvm_get_cpu_features
 AVX2_DOT_8x4 = "dot_8x4_u8i8i32_avx2"
 #: The same dot product with ``vpdpbusd`` (exact for any int8 weights).
 VNNI_DOT_8x4 = "dot_8x4_u8i8i32_vnni"
+#: Channel forms: ``C[i] += sum_k uint8(A[k]) * int8(B[i, k])`` (A: 4 uint8 broadcast; B: 8 × 4
+#: int8, contiguous), on ``vpmaddubsw`` + ``vpmaddwd`` and on ``vpdpbusd``.
+AVX2_CHANNEL_DOT_8x4 = "channel_dot_8x4_u8i8i32_avx2"
+VNNI_CHANNEL_DOT_8x4 = "channel_dot_8x4_u8i8i32_vnni"
 #: Lanes (int32 outputs) and reduction elements per intrinsic call.
 LANES, REDUCE = 8, 4
 
@@ -90,36 +100,90 @@ def _dot_8x4_vnni(A: T.Buffer((4,), "int8", offset_factor=1),
             T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"), dtype="int32x8")
 
 
+@T.prim_func(s_tir=True)
+def _channel_dot_8x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+                          B: T.Buffer((8, 4), "int8", offset_factor=1),
+                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _channel_dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
+                          B: T.Buffer((8, 4), "int8", offset_factor=1),
+                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                        a_u8x32, B.vload([0, 0], dtype="int8x32"),
+                                        dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _channel_dot_8x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                          B: T.Buffer((8, 4), "int8", offset_factor=1),
+                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"), T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"),
+            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+
+
 def _register() -> None:
     """Register the intrinsics with TVM, once per process (at import of this module).
 
     Needed wherever a schedule that uses them is created or replayed: tuning, and applying a
     tuning database whose records tensorize with them (the int8 pipeline imports this module).
     """
-    for name, impl in ((AVX2_DOT_8x4, _dot_8x4_avx2), (VNNI_DOT_8x4, _dot_8x4_vnni)):
+    for name, desc, impl in (
+            (AVX2_DOT_8x4, _dot_8x4_desc, _dot_8x4_avx2),
+            (VNNI_DOT_8x4, _dot_8x4_desc, _dot_8x4_vnni),
+            (AVX2_CHANNEL_DOT_8x4, _channel_dot_8x4_desc, _channel_dot_8x4_avx2),
+            (VNNI_CHANNEL_DOT_8x4, _channel_dot_8x4_desc, _channel_dot_8x4_vnni)):
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, _dot_8x4_desc, impl)
+            TensorIntrin.register(name, desc, impl)
 
 
-def dot_intrinsic(target: tvm.target.Target | None) -> str | None:
+def dot_intrinsic(target: tvm.target.Target | None, channels: bool = False) -> str | None:
     """The dot-product intrinsic for a target, or None when it has neither.
 
     Parameters
     ----------
     target : tvm.target.Target or None
+    channels : bool
+        The channel form (lanes over output channels, for NHWC data) instead of the pixel form.
 
     Returns
     -------
     str or None
-        :data:`VNNI_DOT_8x4` for llvm targets with AVX-VNNI or AVX-512 VNNI + VL,
-        :data:`AVX2_DOT_8x4` for other llvm targets with AVX2, else None.
+        :data:`VNNI_DOT_8x4` (:data:`VNNI_CHANNEL_DOT_8x4`) for llvm targets with AVX-VNNI or
+        AVX-512 VNNI + VL, :data:`AVX2_DOT_8x4` (:data:`AVX2_CHANNEL_DOT_8x4`) for other llvm
+        targets with AVX2, else None.
     """
     if target is None or target.kind.name != "llvm":
         return None
     features = set(llvm_get_cpu_features(target))
     if "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features:
-        return VNNI_DOT_8x4
-    return AVX2_DOT_8x4 if "avx2" in features else None
+        return VNNI_CHANNEL_DOT_8x4 if channels else VNNI_DOT_8x4
+    if "avx2" not in features:
+        return None
+    return AVX2_CHANNEL_DOT_8x4 if channels else AVX2_DOT_8x4
 
 
 def saturation_free(weights: np.ndarray) -> bool:

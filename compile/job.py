@@ -30,6 +30,7 @@ from .datasets import SampleSet, load_samples
 from .errors import QuantizationError, VerificationError
 from .prepare import (
     PreparedModel,
+    adopt_database_cpu,
     database_folder,
     find_database,
     prepare_model,
@@ -144,15 +145,19 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
     """
     tracker = tracker or Tracker(None)
     check_toolchain(job.target)  # before any work: a missing cross compiler fails in a second
+    job, adopted = adopt_database_cpu(job)
     try:
-        return _compile_once(job, tracker, exclude=[])
+        result = _compile_once(job, tracker, exclude=[])
     except QuantizationError as err:
         worst = getattr(err, "worst_layers", None)
         if not (worst and job.quant.keep_float_worst > 0):
             raise
         log.warning("accuracy gate failed; retrying with %d layers in float: %s",
                     len(worst), worst)
-        return _compile_once(job, tracker, exclude=worst, attempt=2)
+        result = _compile_once(job, tracker, exclude=worst, attempt=2)
+    if adopted:
+        result.warnings.insert(0, adopted)
+    return result
 
 
 def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],

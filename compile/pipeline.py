@@ -17,7 +17,14 @@ import tvm
 
 from . import _tvm
 from .config import Layout, QuantScheme, TargetConfig, TargetKind
-from .passes import CapUnroll, ClipToMaxMin, DumpIR, LowerQDQToInteger
+from .passes import (
+    CapUnroll,
+    ClipToMaxMin,
+    DecomposeQDQ,
+    DumpIR,
+    LowerQDQToInteger,
+    PackPointwiseNHWC,
+)
 
 relax = _tvm.relax
 
@@ -55,25 +62,27 @@ class Pipeline:
     def integer_ops(self) -> list[str]:
         """Ops LowerQDQToInteger rewrote in the last run (``conv2d``/``matmul``)."""
         return [op for _, passes in self.phases for p in passes
-                for op in getattr(p, "rewritten", [])]
+                if isinstance(p, LowerQDQToInteger) for op in p.rewritten]
 
-    def _lowerings(self) -> list[LowerQDQToInteger]:
-        return [p for _, phase in self.phases for p in phase if isinstance(p, LowerQDQToInteger)]
+    def _packers(self) -> list:
+        """The passes that pack 1x1 convolutions: LowerQDQToInteger, PackPointwiseNHWC."""
+        return [p for _, phase in self.phases for p in phase
+                if isinstance(p, LowerQDQToInteger | PackPointwiseNHWC)]
 
     @property
     def packed_ops(self) -> tuple[int, int]:
-        """(packed, left) 1x1 convolutions of LowerQDQToInteger's last run.
+        """(packed, left) 1x1 convolutions of the last run (NCHW or NHWC packing).
 
         Packed: on the target's x86 dot intrinsic; left: their weights could saturate
         ``vpmaddubsw`` (targets without VNNI).
         """
-        passes = self._lowerings()
+        passes = self._packers()
         return (sum(p.packed for p in passes), sum(p.saturating for p in passes))
 
     @property
     def dot_intrinsic(self) -> str | None:
-        """The x86 dot intrinsic LowerQDQToInteger's last run packed for (None: none)."""
-        return next((p.intrinsic for p in self._lowerings() if p.intrinsic), None)
+        """The x86 dot intrinsic the last run packed 1x1 convolutions for (None: none)."""
+        return next((p.intrinsic for p in self._packers() if p.intrinsic), None)
 
     @property
     def fingerprint(self) -> str:
@@ -113,18 +122,26 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
     it); ``fp16``: float16 compute with float32 accumulation (GPU targets). ``NHWC``: 2-D
     convolutions channels last (kernels OHWI), the imported Clips first made Relax operators
-    so the layout flows through them (``compile.passes.ClipToMaxMin``).
+    so the layout flows through them (``compile.passes.ClipToMaxMin``); with ``int8``, also
+    the remaining per-tensor quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
+    1x1 convolutions packed channels last after the conversion
+    (``compile.passes.PackPointwiseNHWC``).
     """
-    nhwc = [relax.transform.FoldConstant(), ClipToMaxMin(), relax.transform.DeadCodeElimination()]
+    nhwc, int8 = layout == Layout.NHWC, quant == QuantScheme.int8
+    empty = tvm.transform.Sequential([])
+    before = [relax.transform.FoldConstant(), ClipToMaxMin(),
+              *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
+    convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+               *([relax.transform.FoldConstant(), PackPointwiseNHWC(),
+                  relax.transform.DeadCodeElimination()] if int8 else [])]
     return [
-        LowerQDQToInteger() if quant == QuantScheme.int8 else tvm.transform.Sequential([]),
-        *(nhwc if layout == Layout.NHWC else []),
+        LowerQDQToInteger(layout_convertible=nhwc) if int8 else empty,
+        *(before if nhwc else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
         (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16
-         else tvm.transform.Sequential([])),
-        (relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})
-         if layout == Layout.NHWC else tvm.transform.Sequential([])),
+         else empty),
+        *(convert if nhwc else [empty]),
     ]
 
 

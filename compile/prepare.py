@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .importer import ImportedModel, import_model
 from .pipeline import Pipeline, preparation_pipeline
 from .quantize import QuantizedModel, quantize
 from .samples import Sample, make_sample
-from .targets import exported_target, resolve_target
+from .targets import exported_target, host_cpu, host_runs, resolve_target
 from .tuning_db import AppliedDatabase, DatabaseKey, apply_database, mismatch, read_provenance
 from .zoo import fetch_model
 
@@ -78,12 +78,9 @@ def check_quant_target(quant: QuantConfig, target_cfg: TargetConfig) -> None:
     Raises
     ------
     ConfigError
-        fp16/bf16 on a CPU target, bf16 (TVM 0.27's mixed-precision pass makes float16 only),
-        or int8 with ``target.layout=NHWC`` (the integer lowering reads NCHW convolutions).
+        fp16/bf16 on a CPU target, or bf16 (TVM 0.27's mixed-precision pass makes float16
+        only).
     """
-    if quant.scheme == QuantScheme.int8 and target_cfg.layout == Layout.NHWC:
-        raise ConfigError("quant=int8 computes convolutions in NCHW (LowerQDQToInteger); "
-                          "use target.layout=NCHW with it")
     if quant.scheme in (QuantScheme.fp16, QuantScheme.bf16) and target_cfg.kind != TargetKind.cuda:
         raise ConfigError(f"quant={quant.scheme.name} is for CUDA targets; on CPU it runs "
                           "15-60x slower than float32 (use quant=int8 or quant=none)")
@@ -163,6 +160,48 @@ def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant:
                     explicit: str | None = None) -> Path:
     """The tuning database: ``tuning.database`` or :func:`variant_path` under ``tune_logs``."""
     return Path(explicit) if explicit else variant_path(paths.tune_logs_dir, model, target, quant)
+
+
+def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:
+    """Compile for the CPU the job's tuning database was tuned on, when this machine runs its code.
+
+    With ``target.mcpu: host`` (an llvm target for this machine), a database (``tuning.database``
+    or the one by convention) whose target differs from this machine's only in ``mcpu``, for a
+    CPU whose instruction sets this one has (:func:`compile.targets.host_runs`: a database tuned
+    on a ``znver3`` used on a ``znver5``), is applied by compiling for that CPU: its schedules
+    are used as tuned and the artifact runs here, without this CPU's newer instructions. Any
+    other difference is left to :func:`find_database`, which skips or refuses the database.
+
+    Parameters
+    ----------
+    job : CompileJob or BenchJob
+
+    Returns
+    -------
+    job : CompileJob or BenchJob
+        ``job``, or a copy whose ``target.mcpu`` is the database's.
+    warning : str or None
+        What was done, and how to tune for this CPU instead.
+    """
+    target = job.target
+    if (not job.tuning.apply or target.kind != TargetKind.llvm or target.mcpu != "host"
+            or target.mtriple):
+        return job, None
+    folder = database_folder(job.paths, str(job.model.name), target, job.quant.scheme,
+                             job.tuning.database)
+    tuned_for = (read_provenance(folder) or {}).get("target")
+    here = exported_target(resolve_target(target))
+    if not isinstance(tuned_for, dict):
+        return job, None
+    differs = {k for k in set(tuned_for) | set(here) if tuned_for.get(k) != here.get(k)}
+    mcpu = tuned_for.get("mcpu")
+    if differs != {"mcpu"} or not isinstance(mcpu, str) or not host_runs(mcpu):
+        return job, None
+    warning = (f"the tuning database in {folder} was tuned on mcpu={mcpu}: compiled for "
+               f"{mcpu} (this {host_cpu()} runs its code) to use it; tune on this machine "
+               f"(python -m compile.tune) for kernels using all of this CPU's instructions")
+    log.warning(warning)
+    return replace(job, target=replace(target, mcpu=mcpu)), warning
 
 
 def find_database(prepared: PreparedModel, folder: Path,

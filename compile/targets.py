@@ -22,6 +22,32 @@ def host_cpu() -> str:
     return str(_tvm.llvm_get_system_cpu())
 
 
+#: LLVM feature names of instruction sets its code generator may use in kernels (the others in
+#: ``llvm_get_cpu_features`` are tuning hints such as ``slow-3ops-lea``, not instructions).
+ISA_FEATURE_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "popcnt", "lzcnt",
+                        "movbe", "adx", "cmov", "vaes", "vpclmulqdq", "gfni", "sha", "aes",
+                        "pclmul", "cx16", "xop", "tbm", "crc32", "mmx", "x87")
+
+
+def isa_features(mcpu: str) -> set[str]:
+    """Instruction-set features LLVM enables for an x86 CPU name (:data:`ISA_FEATURE_PREFIXES`)."""
+    from tvm.target.codegen import llvm_get_cpu_features
+
+    features = llvm_get_cpu_features(_tvm.Target({"kind": "llvm", "mcpu": mcpu}))
+    return {str(f) for f in features if str(f).startswith(ISA_FEATURE_PREFIXES)}
+
+
+def host_runs(mcpu: str) -> bool:
+    """Whether code LLVM generates for ``mcpu`` runs on this machine's CPU.
+
+    True when every instruction-set feature of ``mcpu`` is one of this CPU's (as LLVM knows
+    both, :func:`isa_features`), e.g. ``znver3`` code on a ``znver5``; False for unknown CPUs.
+    """
+    if not _tvm.llvm_is_valid_cpu(mcpu, ""):
+        return False
+    return isa_features(mcpu) <= isa_features(host_cpu())
+
+
 def target_dict(cfg: TargetConfig) -> dict[str, Any]:
     """Return the TVM target dict of a target config, with ``host`` values resolved.
 

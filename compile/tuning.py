@@ -208,7 +208,7 @@ def search_space(mod, target):
 
     TVM's default for the target, plus tensorization with the target's
     :func:`compile.intrinsics.dot_intrinsic` where the module has packed 1×1 convolutions
-    (``compile.passes.pointwise_int8``).
+    (``compile.passes.pointwise_int8``; the channel form for ``compile.passes.PackPointwiseNHWC``).
 
     TVM 0.27's int8 tensorization rules (AVX-512 VNNI/BW targets only) do not match the packed
     layout; this is its ``DefaultX86`` rule list
@@ -228,10 +228,13 @@ def search_space(mod, target):
         ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the intrinsic.
     """
     from .intrinsics import dot_intrinsic  # importing registers the intrinsics
+    from .passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX
     from .passes.pointwise_int8 import DOT_PREFIX
 
-    intrinsic = dot_intrinsic(target)
-    if intrinsic is None or not any(DOT_PREFIX in gv.name_hint for gv in mod.get_global_vars()):
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    channels = any(CHANNEL_DOT_PREFIX in name for name in names)
+    intrinsic = dot_intrinsic(target, channels=channels)
+    if intrinsic is None or not (channels or any(DOT_PREFIX in name for name in names)):
         return "post-order-apply"
     rules = list(ms.ScheduleRule.create("llvm"))
     tiling = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")

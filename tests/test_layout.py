@@ -134,9 +134,27 @@ def test_nhwc_needs_a_cpu_target():
         compose("target=cuda_sm80", "target.layout=NHWC")
 
 
-def test_nhwc_with_int8_is_refused_before_work(tiny_dir, job_for):
+def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_path):
+    """quant=int8 with NHWC: integer kernels channels last, 1x1 convolutions packed."""
     from compile.job import run_compile
 
-    with pytest.raises(ConfigError, match="quant=int8 computes convolutions in NCHW"):
-        run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target.layout=NHWC",
-                            "quant=int8"))
+    for name, seed, count in (("cal", 0, 16), ("val", 1, 8)):
+        rng = np.random.default_rng(seed)
+        np.savez(tmp_path / f"{name}.npz",
+                 x=rng.uniform(-1, 1, (count, 1, 8, 12, 12)).astype("f4"))
+    result = run_compile(job_for(
+        tiny_dir / "inverted_residual.onnx", "target.layout=NHWC", "quant=int8",
+        "quant.reduce_range=true", "quant.max_drop=0.1", "quant.calibration.source=npz",
+        f"quant.calibration.path={tmp_path}/cal.npz", "quant.validation.source=npz",
+        f"quant.validation.path={tmp_path}/val.npz"))
+    assert result.artifact_dir.name == "nhwc" and result.artifact_dir.parent.name == "int8"
+    assert result.verification["status"] == "passed"  # cosine vs ONNX Runtime on the QDQ model
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    assert manifest["pipeline"]["name"] == "cpu-int8-nhwc"
+    assert {"DecomposeQDQ", "PackPointwiseNHWC"} <= set(manifest["pipeline"]["passes"])
+    assert result.metrics["layout_transposes"] == 3
+    quant = manifest["quantization"]
+    assert quant["integer_ops"] == 4  # three convolutions and the Gemm
+    if quant["dot_intrinsic"]:  # x86 with AVX2 (7-bit weights: packed with or without VNNI)
+        assert quant["dot_intrinsic"].startswith("channel_dot_8x4")
+        assert quant["packed_pointwise"] == 2

@@ -11,8 +11,10 @@ import pytest
 
 from compile.errors import ConfigError, TuningDatabaseError
 from compile.job import run_compile
+from compile.targets import host_runs
 from compile.tuning import run_tune
 from compile.tuning_db import RECORD_FILE, count_records, prune, read_provenance, repair
+from runner.manifest import read_manifest
 
 from .conftest import CACHE_DIR, compose, run_cli
 
@@ -79,12 +81,31 @@ def test_database_of_another_target_is_refused(tuned, tmp_path):
     copy = tmp_path / "db"
     shutil.copytree(result.database, copy)
     provenance = json.loads((copy / "provenance.json").read_text())
-    provenance["target"]["mcpu"] = "znver4"
+    provenance["target"]["mcpu"] = "sapphirerapids"  # AMX, AVX512-FP16: no AMD EPYC runs it
+    if host_runs("sapphirerapids"):
+        pytest.skip("this CPU runs sapphirerapids code")
     (copy / "provenance.json").write_text(json.dumps(provenance))
     with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):
         run_tune(compose(*_overrides(job), f"tuning.database={copy}"))
     with pytest.raises(TuningDatabaseError, match="target differs"):
         run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+
+
+def test_database_of_an_older_cpu_is_compiled_for_that_cpu(tuned, tmp_path):
+    """A database tuned on a CPU whose code this one runs: compiled for it, schedules applied."""
+    job, result = tuned
+    logs = tmp_path / "tune_logs" / "conv_bn_relu" / "x86_64"
+    shutil.copytree(result.database, logs)
+    provenance = json.loads((logs / "provenance.json").read_text())
+    provenance["target"]["mcpu"] = "x86-64"  # the baseline every x86-64 CPU runs
+    (logs / "provenance.json").write_text(json.dumps(provenance))
+    compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
+    assert compiled.verification["status"] == "passed"
+    assert read_manifest(compiled.artifact_dir)["target"]["mcpu"] == "x86-64"
+    assert "tuned on mcpu=x86-64: compiled for x86-64" in compiled.warnings[0]
+    with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):  # tuning: refused
+        run_tune(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
 
 
 def test_database_of_another_model_is_refused(tuned, tmp_path):

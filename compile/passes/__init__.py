@@ -2,7 +2,10 @@
 
 from .cap_unroll import CapUnroll
 from .clip_to_max_min import ClipToMaxMin
+from .decompose_qdq import DecomposeQDQ
 from .dump_ir import DumpIR
 from .lower_qdq_to_integer import LowerQDQToInteger
+from .pack_pointwise_nhwc import PackPointwiseNHWC
 
-__all__ = ["CapUnroll", "ClipToMaxMin", "DumpIR", "LowerQDQToInteger"]
+__all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "LowerQDQToInteger",
+           "PackPointwiseNHWC"]

@@ -20,6 +20,13 @@ Exactness: the integer sum is exact; the float32 epilogue is exact while |acc| <
 half to even like ONNX ``QuantizeLinear``, so results match ONNX Runtime's QDQ evaluation within
 one quantization step (ties and float rounding of the reference).
 
+For NHWC pipelines (``LowerQDQToInteger(layout_convertible=True)``, before ``ConvertLayout``)
+the pass emits only operators that have layout rules, so the layout flows through them: no
+packed 1×1 form (``PackPointwiseNHWC`` packs channels-last ones after the conversion), a padded
+input with a nonzero zero point centred in int16 (``int16(x) - z``, zero-padded by the
+convolution) instead of ``pad``, and ``maximum``/``minimum`` with constants of the
+accumulator's rank instead of ``clip``. The integer results are the same.
+
 Matched only when weights are constant and symmetric (zero point 0), activation scales and zero
 points are constants (per tensor; per channel for the input of a depthwise convolution, centred
 in int16, and for outputs), and convolutions are 2-D NCHW/OIHW; anything else is left as is.
@@ -99,9 +106,15 @@ class LowerQDQToInteger:
     packed, saturating : int
         1×1 convolutions computed with it (``compile.passes.pointwise_int8``), and those left
         as conv2d because their weights could saturate ``vpmaddubsw``.
+
+    Parameters
+    ----------
+    layout_convertible : bool
+        Emit only operators ``ConvertLayout`` has rules for (see the module docstring).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, layout_convertible: bool = False) -> None:
+        self.layout_convertible = layout_convertible
         self.rewritten: list[str] = []
         self.intrinsic: str | None = None
         self.packed = self.saturating = 0
@@ -124,7 +137,7 @@ class LowerQDQToInteger:
                 patterns.core, lambda c, m: self._dequantized(c, m, patterns), new)
             if not new.same_as(func):
                 updates[gv] = new
-        self.intrinsic = self._packer.intrinsic
+        self.intrinsic = None if self.layout_convertible else self._packer.intrinsic
         self.packed, self.saturating = self._packer.packed, self._packer.saturating
         if not updates:
             return mod
@@ -208,8 +221,14 @@ class LowerQDQToInteger:
         scale_w = np.broadcast_to(s_w.reshape(-1).astype(np.float64), (out_ch,))
         data, padding = m[p.x], [int(v) for v in attrs.padding]
         sums = w_q.astype(np.int64).sum(axis=(1, 2, 3))
-        if sx.size == 1:
-            z = float(np.round(zx.reshape(-1)[0]))
+        z = float(np.round(zx.reshape(-1)[0]))
+        if sx.size == 1 and z != 0 and any(padding) and self.layout_convertible:
+            # Centred in int16 (exact): the convolution's own zero padding is then right.
+            data = R.subtract(R.astype(data, "int16"),
+                              relax.const(np.full((1, 1, 1, 1), z, np.int16)))
+            offset = np.zeros(out_ch)
+            scale_x = np.full(out_ch, float(sx.reshape(-1)[0]))
+        elif sx.size == 1:
             if z != 0 and any(padding):
                 # Float zero pads are the zero point in the quantized domain: pad explicitly.
                 top, left, bottom, right = padding
@@ -223,7 +242,8 @@ class LowerQDQToInteger:
             data = R.subtract(R.astype(data, "int16"), centre)
             offset = np.zeros(out_ch)
             scale_x = sx.reshape(-1)
-        packed = self._packer.conv(data, attrs, w_q) if sx.size == 1 else None
+        packed = (self._packer.conv(data, attrs, w_q)
+                  if sx.size == 1 and not self.layout_convertible else None)
         if packed is not None:
             acc, shift, width = packed
             return acc, scale_x * scale_w, offset + shift, (1, out_ch, 1, 1), width
@@ -255,7 +275,7 @@ class LowerQDQToInteger:
         multiplier = (acc_scale / sy_c).astype(np.float32).reshape(shape)
         value = R.round(R.multiply(R.astype(acc, "float32"), relax.const(multiplier)))
         lo, hi = self._activation_bounds(m, p, sy_c, zy_c, *_dtype_range(out_dtype))
-        if zy.size == 1:
+        if zy.size == 1 and not self.layout_convertible:
             value = R.add(value, relax.const(np.float32(zy_c[0])))
             value = R.clip(value, int(lo.max()), int(hi.min()))
         else:

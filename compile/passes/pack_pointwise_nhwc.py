@@ -1,0 +1,151 @@
+"""PackPointwiseNHWC: channels-last uint8 × int8 1×1 convolutions on the x86 dot intrinsics.
+
+In NHWC, the input channels of one pixel are adjacent bytes: a 1×1 convolution is a dense
+product ``acc[n, h, w, o] = sum_c x[n, h, w, c] * W[o, c]`` whose 4 reduction elements per
+intrinsic call (one pixel's 4 channels, broadcast) need no packing of the data. Only the
+constant weights are packed, at compile time, as ``Wp[o // 8, c // 4, o % 8, c % 4]`` (8
+output channels × 4 input channels, 32 adjacent bytes: TVM's ``dense_vnni`` layout with 8
+lanes). This pass rewrites
+
+    conv2d(x: uint8 [n, H, W, C], W: int8 const [O, 1, 1, C], NHWC/OHWI, out_dtype=int32)
+
+into ``call_tir(int8_pointwise_nhwc_dot…, (x, Wp))``, whose 8 × 4 inner tile is the target's
+channel dot intrinsic (:func:`compile.intrinsics.dot_intrinsic` with ``channels=True``; the
+tuning job tensorizes it). int8 data is stored as ``uint8(x + 128)`` (an elementwise step that
+fuses into the kernel producing ``x``) and ``-128 * sum_c W[o, c]`` is added to the result. The
+integer result is identical to the convolution's.
+
+Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
+Taken only on llvm x86 targets with AVX2, for 1×1 convolutions with stride 1, no padding,
+dilation 1, one group, uint8 or int8 data, C a multiple of 4, O a multiple of 8, static shapes and,
+on targets without VNNI, weights that cannot saturate ``vpmaddubsw``
+(:func:`compile.intrinsics.saturation_free`); anything else is left as is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from .. import _tvm
+from ..intrinsics import LANES, REDUCE, AVX2_CHANNEL_DOT_8x4, dot_intrinsic, saturation_free
+
+R = relax.op
+
+#: Name prefix of the dot-product PrimFuncs (fused kernels keep it: the tuning job looks for it).
+CHANNEL_DOT_PREFIX = "int8_pointwise_nhwc_dot"
+
+
+def _i64(*dims: int) -> list:
+    return [tvm.tirx.IntImm("int64", d) for d in dims]  # Relax's PrimFuncs use int64 shapes
+
+
+def pack_weights(weights: np.ndarray) -> np.ndarray:
+    """Pack int8 ``[O, C]`` weights as ``[O / 8, C / 4, 8, 4]`` (O a multiple of 8, C of 4)."""
+    out_channels, channels = weights.shape
+    packed = weights.reshape(out_channels // LANES, LANES, channels // REDUCE, REDUCE)
+    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3))
+
+
+def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_channels: int):
+    """``(x: uint8 [n, H, W, C], wp: int8 [O/8, C/4, 8, 4]) -> int32 [n, H, W, O]``."""
+    x = te.placeholder(_i64(n, height, width, channels), "uint8", "x")
+    wp = te.placeholder(_i64(out_channels // LANES, channels // REDUCE, LANES, REDUCE),
+                        "int8", "wp")
+    c = te.reduce_axis(_i64(0, channels), "c")
+    acc = te.compute(
+        _i64(n, height, width, out_channels),
+        lambda b, h, w, o: te.sum(
+            x[b, h, w, c].astype("int32")
+            * wp[o // LANES, c // REDUCE, o % LANES, c % REDUCE].astype("int32"), axis=c),
+        name=CHANNEL_DOT_PREFIX)
+    return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, intrinsic: str) -> None:
+        super().__init__(mod)
+        self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+        self.intrinsic = intrinsic
+        self.packed = self.saturating = 0
+        self._funcs: dict[tuple, tvm.ir.GlobalVar] = {}
+
+    def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
+        call = super().visit_call_(call)
+        if not call.op.same_as(self.conv2d):
+            return call
+        data, kernel = call.args
+        attrs = call.attrs
+        shape = getattr(data.ty, "shape", None)
+        if (not isinstance(kernel, _tvm.RelaxConstant) or shape is None
+                or str(data.ty.dtype) not in ("uint8", "int8") or str(attrs.out_dtype) != "int32"
+                or str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "OHWI"
+                or str(attrs.out_layout) != "NHWC" or int(attrs.groups) != 1
+                or not all(isinstance(v, tvm.tirx.IntImm) for v in shape)
+                or any(int(v) != 1 for v in [*attrs.strides, *attrs.dilation])
+                or any(int(v) != 0 for v in attrs.padding)):
+            return call
+        w = kernel.value.numpy()
+        n, height, width, channels = (int(v) for v in shape)
+        if (w.dtype != np.int8 or w.shape[1:3] != (1, 1) or channels % REDUCE
+                or w.shape[0] % LANES):
+            return call
+        weights = np.ascontiguousarray(w[:, 0, 0, :])
+        if self.intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(weights):
+            self.saturating += 1
+            return call
+        self.packed += 1
+        out_channels = weights.shape[0]
+        key = (n, height, width, channels, out_channels)
+        if key not in self._funcs:
+            self._funcs[key] = self.builder_.add_func(
+                channel_dot_primfunc(*key),
+                f"{CHANNEL_DOT_PREFIX}_c{channels}_o{out_channels}_h{height}_w{width}")
+        shift = None
+        if str(data.ty.dtype) == "int8":
+            wide = self.builder_.emit(R.add(R.astype(data, "int16"),
+                                            relax.const(np.full((1, 1, 1, 1), 128, np.int16))))
+            data = self.builder_.emit(R.astype(wide, "uint8"))
+            shift = -128 * weights.astype(np.int64).sum(axis=1)
+        acc = relax.call_tir(self._funcs[key], [data, relax.const(pack_weights(weights))],
+                             relax.TensorType([n, height, width, out_channels], "int32"))
+        if shift is None:
+            return acc
+        acc = self.builder_.emit(acc)
+        return R.add(acc, relax.const(shift.astype(np.int32).reshape(1, 1, 1, out_channels)))
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackPointwiseNHWC")
+class PackPointwiseNHWC:
+    """Rewrite NHWC uint8 × int8 1×1 convolutions into packed dot products (module docstring).
+
+    Attributes
+    ----------
+    intrinsic : str or None
+        The current target's channel dot intrinsic in the last run (None: nothing packed).
+    packed, saturating : int
+        Convolutions packed by the last run, and those left because their weights could
+        saturate ``vpmaddubsw`` (targets without VNNI).
+    """
+
+    def __init__(self) -> None:
+        self.intrinsic: str | None = None
+        self.packed = self.saturating = 0
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """Rewrite every Relax function of the module under the current target."""
+        self.intrinsic = dot_intrinsic(tvm.target.Target.current(allow_none=True), channels=True)
+        self.packed = self.saturating = 0
+        if self.intrinsic is None:
+            return mod
+        rewriter = _Rewriter(mod, self.intrinsic)
+        updates = {gv: rewriter.visit_expr(func) for gv, func in mod.functions.items()
+                   if isinstance(func, relax.Function)}
+        self.packed, self.saturating = rewriter.packed, rewriter.saturating
+        if not self.packed:
+            return mod
+        for gv, func in updates.items():
+            rewriter.builder_.update_func(gv, func)
+        return rewriter.builder_.get()

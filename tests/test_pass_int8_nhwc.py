@@ -1,0 +1,205 @@
+"""int8 in NHWC: DecomposeQDQ, PackPointwiseNHWC, the channel dot intrinsics, the graph phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compile import _tvm
+from compile.config import Layout, QuantScheme
+from compile.intrinsics import (
+    AVX2_CHANNEL_DOT_8x4,
+    VNNI_CHANNEL_DOT_8x4,
+    dot_intrinsic,
+)
+from compile.passes import DecomposeQDQ, PackPointwiseNHWC
+from compile.passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX, channel_dot_primfunc
+from compile.pipeline import count_layout_transposes, graph_passes
+from compile.targets import host_cpu
+
+from .test_pass_pointwise_int8 import ZEN3, ZEN4, _calls, _run
+
+R = relax.op
+RNG = np.random.default_rng(11)
+
+
+def _qdq_roundtrip(dtype: str, per_channel: bool) -> tvm.IRModule:
+    """(quantize(x), dequantize(quantize(x))) for x float32 [1, 4, 5, 6], along axis 1."""
+    info = np.iinfo(np.dtype(dtype))
+    scale = (RNG.uniform(0.01, 0.1, 4) if per_channel else np.array(0.037)).astype(np.float32)
+    zero = (RNG.integers(info.min, info.max, 4) if per_channel else np.array(17)).astype(dtype)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 5, 6], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q = bb.emit(R.quantize(x, relax.const(scale), relax.const(zero), axis=1,
+                                   out_dtype=dtype))
+            d = bb.emit(R.dequantize(q, relax.const(scale), relax.const(zero), axis=1))
+            out = bb.emit_output(relax.Tuple([q, d]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run_all(mod, x) -> list[np.ndarray]:
+    target = tvm.target.Target(ZEN3)
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    return [t.numpy() for t in vm["main"](tvm.runtime.tensor(x))]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_decomposed_qdq_is_bit_identical_to_the_legalized_ops(dtype, per_channel):
+    before = _qdq_roundtrip(dtype, per_channel)
+    decompose = DecomposeQDQ()
+    after = decompose(before)
+    assert decompose.rewritten == 2
+    assert not {"relax.quantize", "relax.dequantize"} & set(_calls(after))
+    x = (RNG.standard_normal((1, 4, 5, 6)) * 5).astype(np.float32)
+    # Rounding ties (half to even), saturation at both ends.
+    x.flat[:6] = [0.5 * 0.037, 1.5 * 0.037, -0.5 * 0.037, 1e9, -1e9, 2.5 * 0.037]
+    for got, want in zip(_run_all(after, x), _run_all(before, x), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _nhwc_pointwise(dtype: str, weights: np.ndarray, height: int = 5, width: int = 7):
+    """conv2d(x: dtype [1, H, W, C], W: int8 OHWI 1x1, out_dtype=int32) in NHWC."""
+    channels = weights.shape[3]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, height, width, channels], dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(R.nn.conv2d(x, relax.const(weights), data_layout="NHWC",
+                                    kernel_layout="OHWI", out_dtype="int32"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _pack(mod, target):
+    pack = PackPointwiseNHWC()
+    with tvm.target.Target(target):
+        return pack(mod), pack
+
+
+@pytest.mark.parametrize(("dtype", "low", "high"), [("uint8", 0, 256), ("int8", -128, 128)])
+def test_packed_nhwc_convolution_is_identical_to_conv2d(dtype, low, high):
+    weights = RNG.integers(-64, 65, (16, 1, 1, 12)).astype(np.int8)  # 7-bit: AVX2 packs them
+    before = _nhwc_pointwise(dtype, weights)
+    packed, pack = _pack(before, ZEN3)
+    assert (pack.intrinsic, pack.packed, pack.saturating) == (AVX2_CHANNEL_DOT_8x4, 1, 0)
+    calls = _calls(packed)
+    assert "relax.nn.conv2d" not in calls
+    assert any(c.startswith(CHANNEL_DOT_PREFIX) for c in calls)
+    x = RNG.integers(low, high, (1, 5, 7, 12)).astype(dtype)
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
+
+
+def test_nhwc_weights_that_could_saturate_stay_conv2d_without_vnni():
+    weights = RNG.integers(-64, 65, (16, 1, 1, 12)).astype(np.int8)
+    weights[3, 0, 0, 0:2] = [100, 90]  # 255 * 190 > 32767: vpmaddubsw would clamp
+    _, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)
+    assert (pack.packed, pack.saturating) == (0, 1)
+    _, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN4)
+    assert (pack.intrinsic, pack.packed) == (VNNI_CHANNEL_DOT_8x4, 1)
+
+
+def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
+    weights = RNG.integers(-64, 65, (12, 1, 1, 12)).astype(np.int8)  # 12 outputs: not 8k
+    packed, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)
+    assert pack.packed == 0 and "relax.nn.conv2d" in _calls(packed)
+
+
+def test_channel_intrinsic_follows_the_cpu_features():
+    assert dot_intrinsic(tvm.target.Target(ZEN3), channels=True) == AVX2_CHANNEL_DOT_8x4
+    assert dot_intrinsic(tvm.target.Target(ZEN4), channels=True) == VNNI_CHANNEL_DOT_8x4
+    assert dot_intrinsic(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}),
+                         channels=True) is None
+
+
+def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_ch: int):
+    """The channel dot product with its 8 x 4 tile tensorized by hand, compiled for target."""
+    from tvm import s_tir
+
+    func = channel_dot_primfunc(1, 1, n_pixels, channels, out_ch)
+    sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    block = sch.get_sblock(CHANNEL_DOT_PREFIX)
+    _, _, w, o, c = sch.get_loops(block)
+    o0, o1 = sch.split(o, [None, 8])
+    c0, c1 = sch.split(c, [None, 4])
+    sch.reorder(w, o0, c0, o1, c1)
+    sch.decompose_reduction(block, c0)
+    sch.tensorize(o1, intrinsic)
+    return tvm.compile(sch.mod, target=tvm.target.Target(target))
+
+
+@pytest.mark.parametrize(("intrinsic", "target", "instruction"), [
+    (AVX2_CHANNEL_DOT_8x4, ZEN3, "vpmaddubsw"), (VNNI_CHANNEL_DOT_8x4, ZEN4, "vpdpbusd")])
+def test_channel_intrinsics_compute_the_dot_product(intrinsic, target, instruction):
+    n_pixels, channels, out_ch = 6, 16, 24
+    lib = _tensorized(intrinsic, target, n_pixels, channels, out_ch)
+    assert instruction in lib.mod.inspect_source("asm")
+    if intrinsic == VNNI_CHANNEL_DOT_8x4 and dot_intrinsic(tvm.target.Target(
+            {"kind": "llvm", "mcpu": host_cpu()}), channels=True) != VNNI_CHANNEL_DOT_8x4:
+        pytest.skip("this CPU has no VNNI: checked in assembly only")
+    from compile.passes.pack_pointwise_nhwc import pack_weights
+
+    x = RNG.integers(0, 256, (1, 1, n_pixels, channels)).astype(np.uint8)
+    w = RNG.integers(-64, 65, (out_ch, channels)).astype(np.int8)
+    out = tvm.runtime.tensor(np.zeros((1, 1, n_pixels, out_ch), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w)), out)
+    np.testing.assert_array_equal(out.numpy()[0, 0],
+                                  x[0, 0].astype(np.int64) @ w.T.astype(np.int64))
+
+
+def test_search_space_tensorizes_channel_kernels():
+    from compile._tvm import ms
+    from compile.tuning import search_space
+
+    func = channel_dot_primfunc(1, 4, 4, 16, 16)
+    for target, intrinsic in ((ZEN3, AVX2_CHANNEL_DOT_8x4), (ZEN4, VNNI_CHANNEL_DOT_8x4)):
+        target = tvm.target.Target({**target, "num-cores": 2})
+        mod = tvm.IRModule({f"fused_{CHANNEL_DOT_PREFIX}_c16_o16_h4_w4_add": func})
+        context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                                 space_generator=search_space(mod, target))
+        traces = [str(s.trace) for s in context.generate_design_space()]
+        assert any(intrinsic in t for t in traces)
+
+
+@pytest.fixture(scope="module")
+def qdq_inverted_residual(tmp_path_factory):
+    """tests.models.inverted_residual quantized by ONNX Runtime (QDQ, 7-bit per-channel weights)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from . import models
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"x": rng.uniform(-1, 1, (1, 8, 12, 12)).astype(np.float32)}
+                                 for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    folder = tmp_path_factory.mktemp("qdq")
+    models.save(models.inverted_residual(), folder, "fp32")
+    quantize_static(folder / "fp32.onnx", folder / "int8.onnx", Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True)
+    return onnx.load(folder / "int8.onnx")
+
+
+def test_int8_nhwc_graph_keeps_the_layout_through_quantized_ops(qdq_inverted_residual):
+    """QDQ MobileNetV2 block: integer convs, residual add and pooling all stay NHWC."""
+    mod = _tvm.from_onnx(qdq_inverted_residual, shape_dict={"x": [1, 8, 12, 12]})
+    with tvm.target.Target(ZEN3):
+        passes = graph_passes(QuantScheme.int8, Layout.NHWC)
+        nhwc = tvm.transform.Sequential(passes)(mod)
+    calls = _calls(nhwc)
+    assert count_layout_transposes(nhwc) == 3  # x into NHWC (conv, residual), pooled back
+    assert not {"relax.quantize", "relax.dequantize", "relax.nn.pad", "relax.clip"} & set(calls)
+    assert sum(c.startswith(CHANNEL_DOT_PREFIX) for c in calls) == 2  # both 1x1 convs
