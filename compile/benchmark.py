@@ -19,7 +19,12 @@ import runner
 from runner import LatencyStats
 from runner.manifest import read_manifest
 
-from .baselines import onnxruntime_runner, openvino_runner, openvino_version
+from .baselines import (
+    onnxruntime_runner,
+    openvino_default_precision,
+    openvino_runner,
+    openvino_version,
+)
 from .config import Baseline, BenchJob, QuantScheme, host_threads
 from .errors import ConfigError
 from .job import run_compile
@@ -116,7 +121,9 @@ def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
     Like the compile job, for the CPU its tuning database was tuned on where this machine runs
     that CPU's code (:func:`compile.prepare.adopt_database_cpu`).
     """
-    job, _ = adopt_database_cpu(job)
+    job, adopted = adopt_database_cpu(job)
+    if adopted:
+        log.warning(adopted)
     prepared = prepare_model(job.model, job.target, job.quant, job.paths)
     folder = database_folder(job.paths, str(job.model.name), job.target, job.quant.scheme,
                              job.tuning.database)
@@ -172,8 +179,9 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
     The artifact in ``artifacts/<model>/<target>[/<scheme>]`` is used if it was built from the
     same model bytes, pipeline, quantization and tuning database and passed verification;
     otherwise it is compiled first (the compile job, with verification). With ``quant=int8`` the
-    rows also hold the float32 artifact and ONNX Runtime/OpenVINO running the same QDQ model
-    with their own int8 kernels.
+    rows also hold the float32 artifact, ONNX Runtime/OpenVINO running the same QDQ model
+    with their own int8 kernels, and OpenVINO at its default precision where that is reduced
+    (``openvino-bf16`` on CPUs with AVX-512 BF16).
 
     Returns
     -------
@@ -223,6 +231,10 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
                 peers.append(("openvino", onnx_path, openvino_runner))
                 if int8:
                     peers.append(("openvino-int8", qdq_path, openvino_runner))
+                    reduced = openvino_default_precision()
+                    if reduced and reduced != "f32":  # OpenVINO's own default here
+                        peers.append((f"openvino-{reduced}", onnx_path, functools.partial(
+                            openvino_runner, precision=reduced)))
         for threads in thread_counts:
             ours_model = runner.load(artifact, num_threads=threads)
             engines: list[tuple[str, Callable]] = [

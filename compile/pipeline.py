@@ -123,7 +123,7 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     it); ``fp16``: float16 compute with float32 accumulation (GPU targets). ``NHWC``: 2-D
     convolutions channels last (kernels OHWI), the imported Clips first made Relax operators
     so the layout flows through them (``compile.passes.ClipToMaxMin``); with ``int8``, also
-    the remaining per-tensor quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
+    the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
     1x1 convolutions packed channels last after the conversion
     (``compile.passes.PackPointwiseNHWC``).
     """

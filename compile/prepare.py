@@ -200,7 +200,6 @@ def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:
     warning = (f"the tuning database in {folder} was tuned on mcpu={mcpu}: compiled for "
                f"{mcpu} (this {host_cpu()} runs its code) to use it; tune on this machine "
                f"(python -m compile.tune) for kernels using all of this CPU's instructions")
-    log.warning(warning)
     return replace(job, target=replace(target, mcpu=mcpu)), warning
 
 

@@ -221,7 +221,7 @@ class LowerQDQToInteger:
         scale_w = np.broadcast_to(s_w.reshape(-1).astype(np.float64), (out_ch,))
         data, padding = m[p.x], [int(v) for v in attrs.padding]
         sums = w_q.astype(np.int64).sum(axis=(1, 2, 3))
-        z = float(np.round(zx.reshape(-1)[0]))
+        z = float(np.round(zx.reshape(-1)[0])) if sx.size == 1 else 0.0
         if sx.size == 1 and z != 0 and any(padding) and self.layout_convertible:
             # Centred in int16 (exact): the convolution's own zero padding is then right.
             data = R.subtract(R.astype(data, "int16"),
