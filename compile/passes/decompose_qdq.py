@@ -23,6 +23,7 @@ import tvm
 from tvm import relax
 
 from .. import _tvm
+from ._mutate import rewrite_functions
 
 R = relax.op
 
@@ -100,11 +101,6 @@ class DecomposeQDQ:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
         rewriter = _Rewriter(mod)
-        updates = {gv: rewriter.visit_expr(func) for gv, func in mod.functions.items()
-                   if isinstance(func, relax.Function)}
+        new = rewrite_functions(mod, rewriter, lambda: rewriter.count > 0)
         self.rewritten = rewriter.count
-        if not self.rewritten:
-            return mod
-        for gv, func in updates.items():
-            rewriter.builder_.update_func(gv, func)
-        return rewriter.builder_.get()
+        return new

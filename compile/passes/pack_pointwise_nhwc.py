@@ -30,6 +30,7 @@ from tvm import relax, te
 
 from .. import _tvm
 from ..intrinsics import LANES, REDUCE, AVX2_CHANNEL_DOT_8x4, dot_intrinsic, saturation_free
+from ._mutate import rewrite_functions
 
 R = relax.op
 
@@ -141,11 +142,6 @@ class PackPointwiseNHWC:
         if self.intrinsic is None:
             return mod
         rewriter = _Rewriter(mod, self.intrinsic)
-        updates = {gv: rewriter.visit_expr(func) for gv, func in mod.functions.items()
-                   if isinstance(func, relax.Function)}
+        new = rewrite_functions(mod, rewriter, lambda: rewriter.packed > 0)
         self.packed, self.saturating = rewriter.packed, rewriter.saturating
-        if not self.packed:
-            return mod
-        for gv, func in updates.items():
-            rewriter.builder_.update_func(gv, func)
-        return rewriter.builder_.get()
+        return new

@@ -1,0 +1,26 @@
+"""Running a Relax ``PyExprMutator`` over every Relax function of a module (shared by passes)."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+
+def rewrite_functions(mod: tvm.IRModule, rewriter, changed) -> tvm.IRModule:
+    """Visit every Relax function of ``mod`` with ``rewriter``; the new module if ``changed()``.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+    rewriter : relax.PyExprMutator
+        Built over ``mod`` (PrimFuncs it adds go to its block builder).
+    changed : callable
+        Called after the visit: whether the rewriter rewrote anything (else ``mod`` is returned).
+    """
+    updates = {gv: rewriter.visit_expr(func) for gv, func in mod.functions.items()
+               if isinstance(func, relax.Function)}
+    if not changed():
+        return mod
+    for gv, func in updates.items():
+        rewriter.builder_.update_func(gv, func)
+    return rewriter.builder_.get()
