@@ -170,7 +170,7 @@ class TargetConfig:
     # CPU: cap on the explicit unrolling tuned schedules ask for (compile.passes.CapUnroll;
     # code size), null = as tuned
     max_unroll_steps: int | None = None
-    # CPU: layout of 2-D convolutions (NHWC: channels last; float models only)
+    # CPU: layout of 2-D convolutions (NHWC: channels last, float or int8)
     layout: Layout = Layout.NCHW
 
     def __post_init__(self) -> None:

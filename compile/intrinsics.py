@@ -22,7 +22,7 @@ packed uint8 input (8 pixels × 4 channels, 32 adjacent bytes) and A 4 int8 weig
 The *channel* forms (:data:`AVX2_CHANNEL_DOT_8x4`, :data:`VNNI_CHANNEL_DOT_8x4`) swap the
 operands' roles for channels-last data: ``C[i] += sum_k uint8(A[k]) * int8(B[i, k])``, with A 4
 input channels of one pixel (4 adjacent bytes in NHWC) broadcast and B the packed weights of 8
-output channels × 4 input channels (the layout of ``compile.passes.pointwise_int8_nhwc``, and
+output channels × 4 input channels (the layout of ``compile.passes.pack_pointwise_nhwc``, and
 of TVM's own ``dense_vnni`` with 16 lanes). Same instructions, same exactness conditions.
 
 :func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel

@@ -190,9 +190,9 @@ def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:
     folder = database_folder(job.paths, str(job.model.name), target, job.quant.scheme,
                              job.tuning.database)
     tuned_for = (read_provenance(folder) or {}).get("target")
-    here = exported_target(resolve_target(target))
     if not isinstance(tuned_for, dict):
         return job, None
+    here = exported_target(resolve_target(target))
     differs = {k for k in set(tuned_for) | set(here) if tuned_for.get(k) != here.get(k)}
     mcpu = tuned_for.get("mcpu")
     if differs != {"mcpu"} or not isinstance(mcpu, str) or not host_runs(mcpu):

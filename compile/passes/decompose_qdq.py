@@ -1,9 +1,9 @@
-"""DecomposeQDQ: per-tensor quantize/dequantize as elementwise Relax operators.
+"""DecomposeQDQ: quantize/dequantize with constant parameters as elementwise operators.
 
 ``relax.quantize`` and ``relax.dequantize`` have no layout rule in TVM 0.27: ``ConvertLayout``
 puts a transpose on each side of them, so the float islands of a quantized model (residual
-adds, pooling, the model's input) would go back to NCHW in an NHWC pipeline. With per-tensor
-constant scale and zero point they are elementwise, and this pass writes them as the
+adds, pooling, the model's input) would go back to NCHW in an NHWC pipeline. With constant
+scale and zero point they are elementwise, and this pass writes them as the
 operators TVM's own legalization computes (``python/tvm/relax/transform/legalize_ops/qdq.py``),
 in the same order, so the result is bit-identical:
 
@@ -87,7 +87,7 @@ class _Rewriter(relax.PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="DecomposeQDQ")
 class DecomposeQDQ:
-    """Write per-tensor quantize/dequantize as elementwise operators (see the module docstring).
+    """Write quantize/dequantize as elementwise operators (see the module docstring).
 
     Attributes
     ----------

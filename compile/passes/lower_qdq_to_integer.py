@@ -221,29 +221,24 @@ class LowerQDQToInteger:
         scale_w = np.broadcast_to(s_w.reshape(-1).astype(np.float64), (out_ch,))
         data, padding = m[p.x], [int(v) for v in attrs.padding]
         sums = w_q.astype(np.int64).sum(axis=(1, 2, 3))
-        z = float(np.round(zx.reshape(-1)[0])) if sx.size == 1 else 0.0
-        if sx.size == 1 and z != 0 and any(padding) and self.layout_convertible:
-            # Centred in int16 (exact): the convolution's own zero padding is then right.
-            data = R.subtract(R.astype(data, "int16"),
-                              relax.const(np.full((1, 1, 1, 1), z, np.int16)))
+        z = float(np.round(zx.reshape(-1)[0]))
+        # Per-channel zero points, and for ConvertLayout (no rule for pad) a padded input with a
+        # nonzero zero point: centre the input in int16 (exact), zero-padded as usual.
+        centred = sx.size != 1 or (z != 0 and any(padding) and self.layout_convertible)
+        if centred:
+            centre = relax.const(np.round(zx).astype(np.int16).reshape(1, -1, 1, 1))
+            data = R.subtract(R.astype(data, "int16"), centre)
             offset = np.zeros(out_ch)
-            scale_x = np.full(out_ch, float(sx.reshape(-1)[0]))
-        elif sx.size == 1:
+        else:
             if z != 0 and any(padding):
                 # Float zero pads are the zero point in the quantized domain: pad explicitly.
                 top, left, bottom, right = padding
                 data = R.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], "constant", z)
                 padding = [0, 0, 0, 0]
             offset = -z * sums
-            scale_x = np.full(out_ch, float(sx.reshape(-1)[0]))
-        else:
-            # Per-channel zero points: centre the input in int16 (exact), zero-pad as usual.
-            centre = relax.const(np.round(zx).astype(np.int16).reshape(1, in_ch, 1, 1))
-            data = R.subtract(R.astype(data, "int16"), centre)
-            offset = np.zeros(out_ch)
-            scale_x = sx.reshape(-1)
-        packed = (self._packer.conv(data, attrs, w_q)
-                  if sx.size == 1 and not self.layout_convertible else None)
+        scale_x = np.broadcast_to(sx.reshape(-1), (out_ch,))
+        packed = (None if centred or self.layout_convertible
+                  else self._packer.conv(data, attrs, w_q))
         if packed is not None:
             acc, shift, width = packed
             return acc, scale_x * scale_w, offset + shift, (1, out_ch, 1, 1), width
