@@ -22,6 +22,7 @@ from .passes import (
     ClipToMaxMin,
     DecomposeQDQ,
     DumpIR,
+    FoldConstantOperands,
     LowerQDQToInteger,
     PackPointwiseNHWC,
 )
@@ -125,14 +126,15 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     so the layout flows through them (``compile.passes.ClipToMaxMin``); with ``int8``, also
     the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
     1x1 convolutions packed channels last after the conversion
-    (``compile.passes.PackPointwiseNHWC``).
+    (``compile.passes.PackPointwiseNHWC``), then the broadcast constants that hold one value
+    made one-element or dropped (``compile.passes.FoldConstantOperands``).
     """
     nhwc, int8 = layout == Layout.NHWC, quant == QuantScheme.int8
     empty = tvm.transform.Sequential([])
     before = [relax.transform.FoldConstant(), ClipToMaxMin(),
               *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
     convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
-               *([relax.transform.FoldConstant(), PackPointwiseNHWC(),
+               *([relax.transform.FoldConstant(), PackPointwiseNHWC(), FoldConstantOperands(),
                   relax.transform.DeadCodeElimination()] if int8 else [])]
     return [
         LowerQDQToInteger(layout_convertible=nhwc) if int8 else empty,

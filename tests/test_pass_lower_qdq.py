@@ -222,3 +222,46 @@ def test_tiny_qdq_model_matches_onnxruntime(tiny_dir, tmp_path):
         x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
         diff = np.abs(_run(mod, x) - session.run(None, {"x": x})[0])
         assert diff.max() <= step * 1.001  # integer-exact or one quantization step
+
+
+S_X_DW = np.linspace(0.02, 0.06, 4).astype(np.float32)  # per-channel input scales (NNCF)
+W_DW = RNG.integers(-127, 128, (4, 1, 3, 3)).astype(np.int8)
+
+
+def _depthwise(zero_points: np.ndarray) -> tvm.IRModule:
+    """Depthwise 3x3 conv (padding 1) on a per-channel quantized uint8 input."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 6, 6], "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            dx = bb.emit(relax.op.dequantize(x, relax.const(S_X_DW), relax.const(zero_points),
+                                             axis=1))
+            dw = bb.emit(relax.op.dequantize(relax.const(W_DW), relax.const(S_W_CONV),
+                                             relax.const(Z_W_CONV), axis=0))
+            conv = bb.emit(relax.op.nn.conv2d(dx, dw, padding=[1, 1, 1, 1], groups=4))
+            y = bb.emit_output(relax.op.quantize(conv, relax.const(S_Y, "float32"),
+                                                 relax.const(Z_Y, "uint8"), axis=1,
+                                                 out_dtype="uint8"))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+@pytest.mark.parametrize(("zero_points", "layout_convertible", "data_dtype"), [
+    (np.zeros(4, np.uint8), True, "uint8"),  # one zero point: the data stays uint8
+    (np.zeros(4, np.uint8), False, "int16"),  # the NCHW form centres every per-channel input
+    (np.array([0, 3, 0, 7], np.uint8), True, "int16"),  # mixed zero points: centred
+])
+def test_per_channel_depthwise_input_is_centred_only_when_needed(zero_points, layout_convertible,
+                                                                 data_dtype):
+    before = _depthwise(zero_points)
+    lower = LowerQDQToInteger(layout_convertible=layout_convertible)
+    after = lower(before)
+    assert lower.rewritten == ["conv2d"]
+    convs = []
+    relax.analysis.post_order_visit(after["main"], lambda e: convs.append(e) if (
+        isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d") else None)
+    assert [str(c.args[0].ty.dtype) for c in convs] == [data_dtype]
+    x = RNG.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)
+    fake, integer = _run(before, x).astype(np.int32), _run(after, x).astype(np.int32)
+    assert np.abs(fake - integer).max() <= 1
+    assert (fake == integer).mean() > 0.95

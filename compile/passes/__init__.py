@@ -4,8 +4,9 @@ from .cap_unroll import CapUnroll
 from .clip_to_max_min import ClipToMaxMin
 from .decompose_qdq import DecomposeQDQ
 from .dump_ir import DumpIR
+from .fold_constant_operands import FoldConstantOperands
 from .lower_qdq_to_integer import LowerQDQToInteger
 from .pack_pointwise_nhwc import PackPointwiseNHWC
 
-__all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "LowerQDQToInteger",
-           "PackPointwiseNHWC"]
+__all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "FoldConstantOperands",
+           "LowerQDQToInteger", "PackPointwiseNHWC"]

@@ -24,7 +24,8 @@ For NHWC pipelines (``LowerQDQToInteger(layout_convertible=True)``, before ``Con
 the pass emits only operators that have layout rules, so the layout flows through them: no
 packed 1×1 form (``PackPointwiseNHWC`` packs channels-last ones after the conversion), a padded
 input with a nonzero zero point centred in int16 (``int16(x) - z``, zero-padded by the
-convolution) instead of ``pad``, and ``maximum``/``minimum`` with constants of the
+convolution) instead of ``pad``, a per-channel input (depthwise) whose zero points are one value
+left uint8/int8 instead of centred, and ``maximum``/``minimum`` with constants of the
 accumulator's rank instead of ``clip``. The integer results are the same.
 
 Matched only when weights are constant and symmetric (zero point 0), activation scales and zero
@@ -223,8 +224,12 @@ class LowerQDQToInteger:
         sums = w_q.astype(np.int64).sum(axis=(1, 2, 3))
         z = float(np.round(zx.reshape(-1)[0]))
         # Per-channel zero points, and for ConvertLayout (no rule for pad) a padded input with a
-        # nonzero zero point: centre the input in int16 (exact), zero-padded as usual.
-        centred = sx.size != 1 or (z != 0 and any(padding) and self.layout_convertible)
+        # nonzero zero point: centre the input in int16 (exact), zero-padded as usual. The NCHW
+        # form also centres every per-channel input (its tuned databases have that form); the
+        # NHWC form keeps uint8/int8 data when the per-channel zero points are one value.
+        mixed = (sx.size != 1 if not self.layout_convertible
+                 else bool(np.any(zx != zx.reshape(-1)[0])))
+        centred = mixed or (z != 0 and any(padding) and self.layout_convertible)
         if centred:
             centre = relax.const(np.round(zx).astype(np.int16).reshape(1, -1, 1, 1))
             data = R.subtract(R.astype(data, "int16"), centre)
