@@ -212,6 +212,7 @@ class TuningConfig:
     min_weight: float = 0.0  # skip tuned tasks below this share of the FLOPs and of the time
     patience: int = 64  # a task converged after this many trials without a 1 % gain
     keep_per_workload: int = 1  # records kept per workload after a run (0: keep all)
+    check: bool = True  # run each kept record's kernel against the kernel as written (llvm)
     timeout_s: float = 30.0  # per-candidate measurement timeout
     reuse: bool = True  # start from other models' records of identical kernels (same target)
     database: str | None = None  # null: tune_logs/<model>/<target>

@@ -17,7 +17,8 @@ def summary(result: TuneResult) -> str:
         f"{result.wall_s / 60:.1f} min, {result.trials_per_min:.1f} trials/min",
         f"estimate   {est:.3f} ms per run (sum of weight x best kernel time)" if est else
         "estimate   incomplete: some tasks have no measurement yet",
-        f"database   {relative(result.database)} ({result.records_kept} records kept)",
+        f"database   {relative(result.database)} ({result.records_kept} records kept"
+        + (f", {result.records_rejected} rejected as wrong)" if result.records_rejected else ")"),
         "heaviest tasks:",
         f"  {'task':44} {'share':>6} {'best us':>10} {'GFLOP/s':>8} {'trials':>6}",
     ]

@@ -28,6 +28,7 @@ from .config import CompileJob, TargetKind, TuningConfig, host_threads
 from .errors import ConfigError, TuningDatabaseError
 from .ms_worker import build_candidate
 from .prepare import PreparedModel, database_folder, prepare_model
+from .record_check import check_best_records
 from .tracking import Tracker, host_cpu_name
 from .tuning_db import (
     PROVENANCE_SCHEMA,
@@ -118,6 +119,7 @@ class TuneResult:
     wall_s: float
     curve: list[tuple[int, float]] = field(default_factory=list)
     records_kept: int = 0
+    records_rejected: int = 0  # best records whose kernel computed wrong values
     run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
     reused: dict[str, int] = field(default_factory=dict)  # task -> records from other models
@@ -585,6 +587,21 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     return result
 
 
+def _check_records(job: CompileJob, prepared: PreparedModel, folder: Path) -> list:
+    """Check the records pruning would keep against the kernels as written (llvm targets).
+
+    A record whose kernel computes other values is rejected and the workload's next-fastest
+    record checked instead (:func:`compile.record_check.check_best_records`).
+    """
+    if not job.tuning.check or job.target.kind != TargetKind.llvm:
+        return []
+    start = time.perf_counter()
+    rejected = check_best_records(folder, prepared.target, max(job.tuning.keep_per_workload, 1))
+    log.info("checked the kept records' kernels against the kernels as written in %.0f s: "
+             "%d rejected", time.perf_counter() - start, len(rejected))
+    return rejected
+
+
 def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder: Path,
             tracker: Tracker) -> None:
     """Log the run's tables, plot and full database; prune the database on disk."""
@@ -603,8 +620,16 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
         if logs.is_dir():
             tracker.log_artifact(logs, "metaschedule_logs")
     before = count_records(folder)
-    if job.tuning.keep_per_workload > 0:
-        before, result.records_kept = prune(folder, job.tuning.keep_per_workload)
+    rejected = _check_records(job, prepared, folder)
+    result.records_rejected = len(rejected)
+    if rejected:
+        result.warnings.append(
+            f"{len(rejected)} tuned record(s) computed other values than their kernel as written "
+            f"(workloads {sorted({r.workload for r in rejected})}) and were left out: those "
+            "kernels keep their fastest correct record, or stay untuned")
+    if job.tuning.keep_per_workload > 0 or rejected:
+        before, result.records_kept = prune(folder, job.tuning.keep_per_workload,
+                                            frozenset(r.line for r in rejected))
     else:
         result.records_kept = before
     pack(folder)
@@ -612,6 +637,7 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
     metrics = {"trials_run": result.trials_run, "trials_total": result.trials_total,
                "tuning_wall_s": result.wall_s, "trials_per_min": result.trials_per_min,
                "records_before_prune": before, "records_kept": result.records_kept,
+               "records_rejected": result.records_rejected,
                "tasks_total": len(result.tasks),
                "tasks_skipped": sum(1 for t in result.tasks if t.skipped)}
     if result.est_latency_ms is not None:

@@ -207,8 +207,17 @@ def record_latency_s(line: str) -> float:
     return math.inf if mean >= 1e9 else mean  # MetaSchedule stores 1e10 for failures
 
 
-def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
+def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset()) -> tuple[int, int]:
     """Keep only the ``keep`` fastest records per workload (the committed form of a database).
+
+    Parameters
+    ----------
+    folder : Path
+    keep : int
+        Records kept per workload (0: all).
+    rejected : set of str
+        Record lines left out whatever their time (kernels that compute wrong values,
+        :func:`compile.record_check.check_best_records`).
 
     Returns
     -------
@@ -229,7 +238,8 @@ def prune(folder: Path, keep: int = 1) -> tuple[int, int]:
     remap = {old: new for new, old in enumerate(used)}
     kept = []
     for old in used:
-        best = sorted(r for r in by_workload[old] if math.isfinite(r[0]))[:keep]
+        best = sorted(r for r in by_workload[old]
+                      if math.isfinite(r[0]) and r[2] not in rejected)[:keep or None]
         for _, order, line in best:
             data = json.loads(line)
             data[0] = remap[old]

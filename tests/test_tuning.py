@@ -419,3 +419,43 @@ def test_bench_engines_take_turns():
     # rounds of 4, 3, 3 runs: tvm ort ov | ov ort tvm | tvm ort ov (adjacent blocks merge)
     assert blocks == ["tvm", "ort", "ov", "ort", "tvm", "ort", "ov"]
     assert calls.count("tvm") == 2 + 2 + 3 + 10  # probe, warm-ups, one per round, timed
+
+
+def _wrong_record(mod, workload):
+    """A fast record whose kernel computes other values: the sum kept in an int8 buffer."""
+    from compile import _tvm
+
+    sch = _tvm.Schedule(mod)
+    block = sch.get_sblock("red")
+    sch.cache_write(block, 0, "global")
+    sch.unsafe_set_dtype(block, 0, "int8")  # float sums truncated and wrapped
+    return _tvm.ms.database.TuningRecord(
+        sch.trace, workload, [1e-6], _tvm.Target("llvm"),
+        _tvm.ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_path):
+    # MetaSchedule measures speed only: on Zen 5 ppocr_det's fastest ConvTranspose schedule
+    # computed wrong values. The tuning job checks the records pruning would keep.
+    import json
+
+    from compile import _tvm
+    from compile.record_check import check_best_records, check_record
+    from compile.tuning_db import RECORD_FILE, prune
+
+    mod = _row_sum("red")
+    database = _tvm.ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
+                                             str(tmp_path / RECORD_FILE), allow_missing=True)
+    workload = database.commit_workload(mod)
+    database.commit_tuning_record(_wrong_record(mod, workload))  # the fastest
+    database.commit_tuning_record(_record_for(mod, workload, "red"))  # 10x slower, right
+    target = _tvm.Target("llvm")
+    assert check_record(workload, _wrong_record(mod, workload), target) > 0.1
+    assert check_record(workload, _record_for(mod, workload, "red"), target) == 0.0
+
+    rejected = check_best_records(tmp_path, target)
+    assert [(r.workload, json.loads(r.line)[1][1]) for r in rejected] == [(0, [1e-6])]
+    assert prune(tmp_path, 1, frozenset(r.line for r in rejected)) == (2, 1)
+    kept = (tmp_path / RECORD_FILE).read_text().splitlines()
+    assert [json.loads(line)[1][1] for line in kept] == [[1e-5]]
+    assert check_best_records(tmp_path, target) == []

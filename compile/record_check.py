@@ -1,0 +1,174 @@
+"""Tuned kernels checked against the kernel as written, before a database keeps them.
+
+MetaSchedule measures how fast candidates run, not what they compute. A schedule that LLVM
+turns into wrong code is then kept as the best record, and every artifact compiled with the
+database computes wrong values: on an AMD Zen 5, ppocr_det's best schedule for its final
+``ConvTranspose`` + sigmoid kernel did (the compile job's verification refused the artifact,
+cosine 0.17 against ONNX Runtime). So at the end of a tuning run, the record each workload would
+keep is built and run on random inputs next to the workload's PrimFunc as written (no schedule:
+plain loops), and a record whose buffers differ is rejected; the workload's next-fastest record
+is checked in its place.
+
+Only targets this machine runs are checked (llvm for this CPU's instruction sets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+
+from . import _tvm
+from . import intrinsics as _intrinsics  # noqa: F401  (registers the intrinsics records name)
+from .tuning_db import RECORD_FILE, WORKLOAD_FILE, ensure_plain, record_latency_s
+
+log = logging.getLogger(__name__)
+
+#: Relative L2 error above which a tuned kernel's buffer counts as different from the
+#: untuned one. Float sums in another order differ by ~1e-6; wrong code by far more.
+MAX_RELATIVE_ERROR = 1e-3
+
+
+@dataclass
+class Rejected:
+    """A tuning record whose kernel computes other values than its workload as written.
+
+    Attributes
+    ----------
+    line : str
+        The record's line in ``database_tuning_record.json``.
+    workload : int
+        Its workload index (line of ``database_workload.json``).
+    relative_error : float
+        ``‖tuned − untuned‖₂ / ‖untuned‖₂`` over the buffers that differ most (``inf``: the tuned
+        kernel failed to build or run).
+    """
+
+    line: str
+    workload: int
+    relative_error: float
+
+
+def _arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray] | None:
+    """Random arrays for a PrimFunc's buffers (small integers: no intrinsic saturates)."""
+    arrays = []
+    for buffer in func.params:  # TVM 0.27: a PrimFunc's params are its buffers
+        dims = getattr(buffer, "shape", None)
+        if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+            return None  # symbolic shapes: nothing to allocate
+        shape, dtype = [int(d) for d in buffer.shape], str(buffer.dtype)
+        if dtype.startswith("float"):
+            arrays.append(rng.uniform(-1, 1, shape).astype(dtype))
+        elif dtype.startswith(("int", "uint")):
+            low, high = (0, 16) if dtype.startswith("uint") else (-8, 8)
+            arrays.append(rng.integers(low, high, shape).astype(dtype))
+        elif dtype == "bool":
+            arrays.append(rng.integers(0, 2, shape).astype(bool))
+        else:
+            return None
+    return arrays
+
+
+def _run(mod: tvm.IRModule, target: tvm.target.Target,
+         arrays: list[np.ndarray]) -> list[np.ndarray]:
+    library = tvm.compile(mod, target=target)
+    tensors = [tvm.runtime.tensor(a) for a in arrays]
+    library["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def relative_error(tuned: list[np.ndarray], untuned: list[np.ndarray]) -> float:
+    """Largest ``‖a − b‖₂ / ‖b‖₂`` over the buffers (inputs are equal; outputs may differ)."""
+    worst = 0.0
+    for a, b in zip(tuned, untuned, strict=True):
+        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            if not np.array_equal(a, b, equal_nan=True):
+                return math.inf
+            continue
+        diff = float(np.linalg.norm(a - b))
+        if diff:
+            worst = max(worst, diff / max(float(np.linalg.norm(b)), 1e-30))
+    return worst
+
+
+def check_record(workload: Any, record: Any, target: tvm.target.Target, seed: int = 0) -> float:
+    """Relative error of a record's tuned kernel against its workload as written.
+
+    Returns
+    -------
+    float
+        :func:`relative_error` of every buffer after one call on the same random inputs;
+        ``inf`` when the tuned kernel does not build or run; 0.0 when the workload cannot be
+        run here (symbolic shapes, opaque dtypes, or the kernel as written fails).
+    """
+    mod = workload.mod
+    arrays = _arguments(mod["main"], np.random.default_rng(seed))
+    if arrays is None:
+        return 0.0
+    try:
+        untuned = _run(mod, target, arrays)
+    except Exception as err:  # noqa: BLE001  (nothing to compare with: not a verdict)
+        log.warning("kernel as written failed: %s", str(err).strip().splitlines()[-1])
+        return 0.0
+    try:
+        schedule = _tvm.Schedule(mod)
+        record.trace.apply_to_schedule(schedule, remove_postproc=False)
+        tuned = _run(schedule.mod, target, arrays)
+    except Exception as err:  # noqa: BLE001  (ScheduleError, TVMError from LLVM or the call)
+        log.warning("tuned kernel of workload failed: %s", str(err).strip().splitlines()[-1])
+        return math.inf
+    return relative_error(tuned, untuned)
+
+
+def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
+                       tries: int = 3) -> list[Rejected]:
+    """Check the records a :func:`compile.tuning_db.prune` to ``keep`` per workload would keep.
+
+    For each workload, its fastest records are checked in order (:func:`check_record`) until
+    ``keep`` pass or ``tries`` have failed; failed ones are returned, to be left out of the
+    pruned database.
+
+    Parameters
+    ----------
+    folder : Path
+        A database folder (plain JSON files).
+    target : tvm.target.Target
+        The tuning target; it must run on this machine.
+    """
+    ensure_plain(folder)
+    record_path, workload_path = folder / RECORD_FILE, folder / WORKLOAD_FILE
+    if not record_path.is_file():
+        return []
+    workloads = workload_path.read_text().splitlines()
+    by_workload: dict[int, list[tuple[float, str]]] = {}
+    for line in record_path.read_text().splitlines():
+        if line.strip():
+            by_workload.setdefault(json.loads(line)[0], []).append((record_latency_s(line), line))
+    rejected = []
+    for index, entries in sorted(by_workload.items()):
+        workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
+        passed = failed = 0
+        for latency, line in sorted(entries, key=lambda e: e[0]):
+            if passed >= keep or failed >= tries or not math.isfinite(latency):
+                break
+            try:
+                record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
+            except Exception:  # noqa: BLE001  (left to tuning_db.drop_unreplayable)
+                continue
+            error = check_record(workload, record, target)
+            if error <= MAX_RELATIVE_ERROR:
+                passed += 1
+                continue
+            failed += 1
+            rejected.append(Rejected(line, index, error))
+            log.warning("tuning database %s: the record of workload %d (%.1f us) computes other "
+                        "values than the kernel as written (relative error %.3g): rejected",
+                        folder, index, latency * 1e6, error)
+    return rejected
