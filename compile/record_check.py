@@ -26,7 +26,7 @@ import tvm
 
 from . import _tvm
 from . import intrinsics as _intrinsics  # noqa: F401  (registers the intrinsics records name)
-from .tuning_db import RECORD_FILE, WORKLOAD_FILE, ensure_plain, record_latency_s
+from .tuning_db import records_by_workload
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,34 @@ def relative_error(tuned: list[np.ndarray], untuned: list[np.ndarray]) -> float:
     return worst
 
 
+def _untuned(mod: tvm.IRModule, target: tvm.target.Target,
+             seed: int) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Random inputs for a workload and its buffers after one call as written (None: no run)."""
+    arrays = _arguments(mod["main"], np.random.default_rng(seed))
+    if arrays is None:
+        return None
+    try:
+        return arrays, _run(mod, target, arrays)
+    except Exception as err:  # noqa: BLE001  (nothing to compare with: not a verdict)
+        log.warning("kernel as written failed: %s", str(err).strip().splitlines()[-1])
+        return None
+
+
+def _tuned_error(mod: tvm.IRModule, record: Any, target: tvm.target.Target,
+                 untuned: tuple[list[np.ndarray], list[np.ndarray]] | None) -> float:
+    if untuned is None:
+        return 0.0
+    arrays, expected = untuned
+    try:
+        schedule = _tvm.Schedule(mod)
+        record.trace.apply_to_schedule(schedule, remove_postproc=False)
+        tuned = _run(schedule.mod, target, arrays)
+    except Exception as err:  # noqa: BLE001  (ScheduleError, TVMError from LLVM or the call)
+        log.warning("tuned kernel of workload failed: %s", str(err).strip().splitlines()[-1])
+        return math.inf
+    return relative_error(tuned, expected)
+
+
 def check_record(workload: Any, record: Any, target: tvm.target.Target, seed: int = 0) -> float:
     """Relative error of a record's tuned kernel against its workload as written.
 
@@ -108,32 +136,16 @@ def check_record(workload: Any, record: Any, target: tvm.target.Target, seed: in
         ``inf`` when the tuned kernel does not build or run; 0.0 when the workload cannot be
         run here (symbolic shapes, opaque dtypes, or the kernel as written fails).
     """
-    mod = workload.mod
-    arrays = _arguments(mod["main"], np.random.default_rng(seed))
-    if arrays is None:
-        return 0.0
-    try:
-        untuned = _run(mod, target, arrays)
-    except Exception as err:  # noqa: BLE001  (nothing to compare with: not a verdict)
-        log.warning("kernel as written failed: %s", str(err).strip().splitlines()[-1])
-        return 0.0
-    try:
-        schedule = _tvm.Schedule(mod)
-        record.trace.apply_to_schedule(schedule, remove_postproc=False)
-        tuned = _run(schedule.mod, target, arrays)
-    except Exception as err:  # noqa: BLE001  (ScheduleError, TVMError from LLVM or the call)
-        log.warning("tuned kernel of workload failed: %s", str(err).strip().splitlines()[-1])
-        return math.inf
-    return relative_error(tuned, untuned)
+    return _tuned_error(workload.mod, record, target, _untuned(workload.mod, target, seed))
 
 
 def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
                        tries: int = 3) -> list[Rejected]:
     """Check the records a :func:`compile.tuning_db.prune` to ``keep`` per workload would keep.
 
-    For each workload, its fastest records are checked in order (:func:`check_record`) until
-    ``keep`` pass or ``tries`` have failed; failed ones are returned, to be left out of the
-    pruned database.
+    For each workload, its fastest records are checked in order (:func:`check_record`; the
+    kernel as written runs once per workload) until ``keep`` pass or ``tries`` have failed;
+    failed ones are returned, to be left out of the pruned database.
 
     Parameters
     ----------
@@ -142,27 +154,22 @@ def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
     target : tvm.target.Target
         The tuning target; it must run on this machine.
     """
-    ensure_plain(folder)
-    record_path, workload_path = folder / RECORD_FILE, folder / WORKLOAD_FILE
-    if not record_path.is_file():
-        return []
-    workloads = workload_path.read_text().splitlines()
-    by_workload: dict[int, list[tuple[float, str]]] = {}
-    for line in record_path.read_text().splitlines():
-        if line.strip():
-            by_workload.setdefault(json.loads(line)[0], []).append((record_latency_s(line), line))
+    workloads, by_workload = records_by_workload(folder)
     rejected = []
     for index, entries in sorted(by_workload.items()):
         workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
+        untuned, ran = None, False  # the kernel as written runs at the first record checked
         passed = failed = 0
-        for latency, line in sorted(entries, key=lambda e: e[0]):
+        for latency, _, line in entries:
             if passed >= keep or failed >= tries or not math.isfinite(latency):
                 break
             try:
                 record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
             except Exception:  # noqa: BLE001  (left to tuning_db.drop_unreplayable)
                 continue
-            error = check_record(workload, record, target)
+            if not ran:
+                untuned, ran = _untuned(workload.mod, target, seed=0), True
+            error = _tuned_error(workload.mod, record, target, untuned)
             if error <= MAX_RELATIVE_ERROR:
                 passed += 1
                 continue

@@ -224,29 +224,47 @@ def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset()) -
     (before, after) : tuple of int
         Number of records before and after.
     """
-    ensure_plain(folder)
-    workload_path, record_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
-    if not record_path.is_file():
+    workloads, by_workload = records_by_workload(folder)
+    if not (folder / RECORD_FILE).is_file():
         return 0, 0
+    used = sorted(by_workload)
+    remap = {old: new for new, old in enumerate(used)}
+    kept = []
+    for old in used:
+        best = [r for r in by_workload[old]  # fastest first
+                if math.isfinite(r[0]) and r[2] not in rejected][:keep or None]
+        for _, order, line in best:
+            data = json.loads(line)
+            data[0] = remap[old]
+            kept.append((order, json.dumps(data, separators=(",", ":"))))
+    _rewrite_lines(folder / WORKLOAD_FILE, [workloads[old] for old in used])
+    _rewrite_lines(folder / RECORD_FILE, [line for _, line in sorted(kept)])
+    return sum(len(entries) for entries in by_workload.values()), len(kept)
+
+
+def records_by_workload(folder: Path) -> tuple[list[str], dict[int, list[tuple[float, int, str]]]]:
+    """A database's workload lines, and its record lines grouped by workload, fastest first.
+
+    Returns
+    -------
+    workloads : list of str
+        Lines of ``database_workload.json`` (empty when there are no records).
+    by_workload : dict of int to list of (float, int, str)
+        Per workload index: ``(mean time in s or inf, line index, line)`` of its records,
+        sorted by time, then file order.
+    """
+    ensure_plain(folder)
+    record_path = folder / RECORD_FILE
+    if not record_path.is_file():
+        return [], {}
     records = [line for line in record_path.read_text().splitlines() if line.strip()]
     by_workload: dict[int, list[tuple[float, int, str]]] = {}
     for order, line in enumerate(records):
         entry = (record_latency_s(line), order, line)
         by_workload.setdefault(json.loads(line)[0], []).append(entry)
-    workloads = workload_path.read_text().splitlines()
-    used = sorted(by_workload)
-    remap = {old: new for new, old in enumerate(used)}
-    kept = []
-    for old in used:
-        best = sorted(r for r in by_workload[old]
-                      if math.isfinite(r[0]) and r[2] not in rejected)[:keep or None]
-        for _, order, line in best:
-            data = json.loads(line)
-            data[0] = remap[old]
-            kept.append((order, json.dumps(data, separators=(",", ":"))))
-    _rewrite_lines(workload_path, [workloads[old] for old in used])
-    _rewrite_lines(record_path, [line for _, line in sorted(kept)])
-    return len(records), len(kept)
+    for entries in by_workload.values():
+        entries.sort()
+    return (folder / WORKLOAD_FILE).read_text().splitlines(), by_workload
 
 
 def files_sha256(folder: Path) -> str:
