@@ -96,7 +96,7 @@ class _Rewriter(relax.PyExprMutator):
             value = const.value.numpy()
             if value.ndim > len(out_shape):
                 continue
-            merged = self._merge(name, other, value)
+            merged = self._merge(name, other, value, len(out_shape))
             if merged is not None:
                 return merged
             if value.size == 0 or not np.all(value == value.reshape(-1)[0]):
@@ -112,7 +112,7 @@ class _Rewriter(relax.PyExprMutator):
             return getattr(relax.op, name)(*((other, one) if position == 1 else (one, other)))
         return call
 
-    def _merge(self, name: str, other, value: np.ndarray):
+    def _merge(self, name: str, other, value: np.ndarray, rank: int):
         """``(x + c1) + value`` as ``x + (c1 + value)`` for integers, else None."""
         if name != "add" or not np.issubdtype(value.dtype, np.integer):
             return None
@@ -125,7 +125,7 @@ class _Rewriter(relax.PyExprMutator):
         if not isinstance(c1, _tvm.RelaxConstant) or isinstance(x, _tvm.RelaxConstant):
             return None
         first = c1.value.numpy()
-        if first.dtype != value.dtype or first.ndim > len(_static_shape(other.ty) or ()):
+        if first.dtype != value.dtype or first.ndim > rank:  # rank: other's, the result's
             return None
         try:
             total = np.add(first, value, dtype=value.dtype)  # wraps like the kernel's integers
