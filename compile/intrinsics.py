@@ -1,4 +1,4 @@
-"""Tensor intrinsics of this project: 8 × 4 uint8 × int8 dot products for x86 CPUs.
+"""Tensor intrinsics of this project: 8 × 4 and 16 × 4 uint8 × int8 dot products for x86 CPUs.
 
 TVM 0.27 ships x86 int8 intrinsics for AVX-512 VNNI (``vpdpbusd``) and AVX-512BW
 (``vpmaddubsw`` on 512-bit registers) only (``tvm.s_tir.tensor_intrin.x86``), both with the
@@ -24,9 +24,14 @@ operands' roles for channels-last data: ``C[i] += sum_k uint8(A[k]) * int8(B[i, 
 input channels of one pixel (4 adjacent bytes in NHWC) broadcast and B the packed weights of 8
 output channels × 4 input channels (the layout of ``compile.passes.pack_pointwise_nhwc``, and
 of TVM's own ``dense_vnni`` with 16 lanes). Same instructions, same exactness conditions.
+On AVX-512 VNNI CPUs the channel form also comes 16 lanes wide (:data:`AVX512_CHANNEL_DOT_16x4`:
+one 512-bit ``vpdpbusd`` for 16 output channels × 4 input channels), which doubles the
+products per instruction where the CPU executes 512-bit operations at full width (AMD Zen 5,
+Intel server cores); :func:`channel_intrinsics` lists a target's channel forms, widest first.
 
 :func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel
-Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16`` and ``_mm256_dpbusd_epi32``.
+Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16``, ``_mm256_dpbusd_epi32``
+and ``_mm512_dpbusd_epi32``.
 """
 
 from __future__ import annotations
@@ -46,8 +51,14 @@ VNNI_DOT_8x4 = "dot_8x4_u8i8i32_vnni"
 #: int8, contiguous), on ``vpmaddubsw`` + ``vpmaddwd`` and on ``vpdpbusd``.
 AVX2_CHANNEL_DOT_8x4 = "channel_dot_8x4_u8i8i32_avx2"
 VNNI_CHANNEL_DOT_8x4 = "channel_dot_8x4_u8i8i32_vnni"
-#: Lanes (int32 outputs) and reduction elements per intrinsic call.
+#: The channel form on one 512-bit ``vpdpbusd``: 16 output channels (B: 16 × 4 int8, 64
+#: contiguous bytes) per call, for AVX-512 VNNI.
+AVX512_CHANNEL_DOT_16x4 = "channel_dot_16x4_u8i8i32_avx512vnni"
+#: Lanes (int32 outputs) and reduction elements per intrinsic call (the 16-lane form aside).
 LANES, REDUCE = 8, 4
+#: Lanes of each intrinsic.
+INTRINSIC_LANES = {AVX2_DOT_8x4: 8, VNNI_DOT_8x4: 8, AVX2_CHANNEL_DOT_8x4: 8,
+                   VNNI_CHANNEL_DOT_8x4: 8, AVX512_CHANNEL_DOT_16x4: 16}
 
 
 @T.prim_func(s_tir=True)
@@ -100,18 +111,23 @@ def _dot_8x4_vnni(A: T.Buffer((4,), "int8", offset_factor=1),
             T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"), dtype="int32x8")
 
 
-@T.prim_func(s_tir=True)
-def _channel_dot_8x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
-                          B: T.Buffer((8, 4), "int8", offset_factor=1),
-                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _channel_dot_desc(lanes: int):
+    """The channel form's description for ``lanes`` output channels."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -145,6 +161,20 @@ def _channel_dot_8x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
             B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
 
 
+@T.prim_func(s_tir=True)
+def _channel_dot_16x4_avx512(A: T.Buffer((4,), "uint8", offset_factor=1),
+                             B: T.Buffer((16, 4), "int8", offset_factor=1),
+                             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"), T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
 def _register() -> None:
     """Register the intrinsics with TVM, once per process (at import of this module).
 
@@ -154,8 +184,9 @@ def _register() -> None:
     for name, desc, impl in (
             (AVX2_DOT_8x4, _dot_8x4_desc, _dot_8x4_avx2),
             (VNNI_DOT_8x4, _dot_8x4_desc, _dot_8x4_vnni),
-            (AVX2_CHANNEL_DOT_8x4, _channel_dot_8x4_desc, _channel_dot_8x4_avx2),
-            (VNNI_CHANNEL_DOT_8x4, _channel_dot_8x4_desc, _channel_dot_8x4_vnni)):
+            (AVX2_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_avx2),
+            (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_vnni),
+            (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_16x4_avx512)):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
 
@@ -184,6 +215,28 @@ def dot_intrinsic(target: tvm.target.Target | None, channels: bool = False) -> s
     if "avx2" not in features:
         return None
     return AVX2_CHANNEL_DOT_8x4 if channels else AVX2_DOT_8x4
+
+
+def channel_intrinsics(target: tvm.target.Target | None) -> list[str]:
+    """The channel-form intrinsics for a target, widest first (empty: none).
+
+    Parameters
+    ----------
+    target : tvm.target.Target or None
+
+    Returns
+    -------
+    list of str
+        ``[AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4]`` for llvm targets with AVX-512 VNNI
+        (16 lanes where the output channels are a multiple of 16, 8 otherwise), else the
+        channel form of :func:`dot_intrinsic` alone, or nothing.
+    """
+    narrow = dot_intrinsic(target, channels=True)
+    if narrow is None:
+        return []
+    if "avx512vnni" in set(llvm_get_cpu_features(target)) and narrow == VNNI_CHANNEL_DOT_8x4:
+        return [AVX512_CHANNEL_DOT_16x4, narrow]
+    return [narrow]
 
 
 def saturation_free(weights: np.ndarray) -> bool:

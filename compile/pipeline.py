@@ -82,7 +82,17 @@ class Pipeline:
 
     @property
     def dot_intrinsic(self) -> str | None:
-        """The x86 dot intrinsic the last run packed 1x1 convolutions for (None: none)."""
+        """The x86 dot intrinsic(s) the last run packed 1x1 convolutions for (None: none).
+
+        Where the convolutions were packed for several intrinsics (16 and 8 lanes), each with
+        its count: ``"channel_dot_16x4_u8i8i32_avx512vnni x30, channel_dot_8x4_u8i8i32_vnni x4"``.
+        """
+        for packer in self._packers():
+            used = getattr(packer, "packed_by", {})
+            if len(used) > 1:
+                return ", ".join(f"{name} x{count}" for name, count in used.items())
+            if used:
+                return next(iter(used))
         return next((p.intrinsic for p in self._packers() if p.intrinsic), None)
 
     @property

@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from .tuning_db import (
     RECORD_FILE,
     WORKLOAD_FILE,
     count_records,
+    fastest_by_workload,
     import_shared_records,
     mismatch,
     open_database,
@@ -205,12 +207,41 @@ def _best_us(database: Any, tasks: list[Any], name: str) -> float | None:
     return sum(secs) / len(secs) * 1e6
 
 
-def search_space(mod, target):
-    """Return MetaSchedule's design space for a prepared module.
+def task_intrinsic(task_name: str, target) -> str | None:
+    """The x86 dot intrinsic a task's kernel is packed for (None: not a packed kernel).
 
-    TVM's default for the target, plus tensorization with the target's
-    :func:`compile.intrinsics.dot_intrinsic` where the module has packed 1×1 convolutions
-    (``compile.passes.pointwise_int8``; the channel form for ``compile.passes.PackPointwiseNHWC``).
+    Parameters
+    ----------
+    task_name : str
+        The task's name: its fused PrimFunc's, which keeps the packing passes' prefixes
+        (``compile.passes.pointwise_int8.DOT_PREFIX``, ``CHANNEL_DOT_PREFIX`` and, for 16
+        lanes, ``CHANNEL_DOT_PREFIX + "16"``).
+    target : tvm.target.Target
+
+    Returns
+    -------
+    str or None
+        The intrinsic of that width for the target (:func:`compile.intrinsics.dot_intrinsic`,
+        :func:`compile.intrinsics.channel_intrinsics`), or None where the target has none.
+    """
+    from .intrinsics import INTRINSIC_LANES, channel_intrinsics, dot_intrinsic
+    from .passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX
+    from .passes.pointwise_int8 import DOT_PREFIX
+
+    if CHANNEL_DOT_PREFIX in task_name:
+        lanes = 16 if f"{CHANNEL_DOT_PREFIX}16_" in task_name else 8
+        return next((i for i in channel_intrinsics(target) if INTRINSIC_LANES[i] == lanes), None)
+    return dot_intrinsic(target) if DOT_PREFIX in task_name else None
+
+
+def search_space(intrinsic: str | None):
+    """Return MetaSchedule's design space for the tasks packed for one dot intrinsic.
+
+    TVM's default for the target where ``intrinsic`` is None; otherwise that plus
+    tensorization with ``intrinsic`` (:func:`task_intrinsic`; the packed 1×1 convolutions
+    of ``compile.passes.pointwise_int8`` and ``compile.passes.PackPointwiseNHWC``). One
+    intrinsic per space: MetaSchedule's auto-tensorization would also map a 16-lane
+    intrinsic onto an 8-lane packed kernel, repacking its weights inside the kernel.
 
     TVM 0.27's int8 tensorization rules (AVX-512 VNNI/BW targets only) do not match the packed
     layout; this is its ``DefaultX86`` rule list
@@ -220,24 +251,18 @@ def search_space(mod, target):
 
     Parameters
     ----------
-    mod : tvm.IRModule
-        The prepared module (its PrimFuncs are the tasks).
-    target : tvm.target.Target
+    intrinsic : str or None
+        A registered tensor intrinsic (:mod:`compile.intrinsics`).
 
     Returns
     -------
     str or SpaceGenerator
         ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the intrinsic.
     """
-    from .intrinsics import dot_intrinsic  # importing registers the intrinsics
-    from .passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX
-    from .passes.pointwise_int8 import DOT_PREFIX
-
-    names = [gv.name_hint for gv in mod.get_global_vars()]
-    channels = any(CHANNEL_DOT_PREFIX in name for name in names)
-    intrinsic = dot_intrinsic(target, channels=channels)
-    if intrinsic is None or not (channels or any(DOT_PREFIX in name for name in names)):
+    if intrinsic is None:
         return "post-order-apply"
+    from . import intrinsics  # noqa: F401 (importing registers the intrinsics)
+
     rules = list(ms.ScheduleRule.create("llvm"))
     tiling = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")
     rules.insert(tiling, ms.schedule_rule.MultiLevelTilingWithIntrin(
@@ -248,6 +273,31 @@ def search_space(mod, target):
     postprocs.insert(layout, ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs="llvm")
+
+
+def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: TuningConfig):
+    """One TuneContext per task (in order), each with its intrinsic's search space.
+
+    Returns
+    -------
+    contexts : list of TuneContext
+    weights : list of float
+    """
+    groups: dict[str | None, list[int]] = {}
+    for index, task in enumerate(tasks):
+        groups.setdefault(task_intrinsic(task.task_name, target), []).append(index)
+    contexts: list = [None] * len(tasks)
+    weights: list = [None] * len(tasks)
+    for intrinsic, members in groups.items():
+        made, made_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [tasks[i] for i in members], work_dir=work_dir, num_threads=threads,
+            space=search_space(intrinsic), seed=cfg.seed,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=cfg.population))
+        if len(made) != len(members):
+            raise RuntimeError("MetaSchedule left out a task that is already scheduled")
+        for i, context, weight in zip(members, made, made_weights, strict=True):
+            contexts[i], weights[i] = context, weight
+    return contexts, weights
 
 
 def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
@@ -538,11 +588,8 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
         _reset_metaschedule_logging()
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [tasks[i] for i in chosen], work_dir=str(scratch), num_threads=threads,
-            space=search_space(prepared.mod, prepared.target),
-            seed=cfg.seed, strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=cfg.population))
+        contexts, weights = _tune_contexts([tasks[i] for i in chosen], prepared.target,
+                                           str(scratch), threads, cfg)
         previous_tmpdir = os.environ.get("TMPDIR")
         os.environ["TMPDIR"] = str(temp)
         try:
@@ -583,7 +630,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                        else f"it keeps its earlier best ({task.best_us:.1f} us)")
             result.warnings.append(f"task {task.name}: all {task.trials_run} candidates of this "
                                    f"run failed to build or run; {outcome}")
-    _finish(job, result, prepared, folder, tracker)
+    _finish(job, result, prepared, folder, tracker, save)
     return result
 
 
@@ -603,8 +650,12 @@ def _check_records(job: CompileJob, prepared: PreparedModel, folder: Path) -> li
 
 
 def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder: Path,
-            tracker: Tracker) -> None:
-    """Log the run's tables, plot and full database; prune the database on disk."""
+            tracker: Tracker, save: Callable[[], None]) -> None:
+    """Log the run's tables, plot and full database; check and prune the database on disk.
+
+    Where records are rejected, the tasks' best times (the estimate, the provenance written
+    by ``save``) become those of the records kept.
+    """
     rows = task_table(result.tasks)
     scratch = Path(job.paths.cache_dir) / "tuning" / result.model / result.target
     scratch.mkdir(parents=True, exist_ok=True)
@@ -632,6 +683,12 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
                                             frozenset(r.line for r in rejected))
     else:
         result.records_kept = before
+    if rejected:  # the estimate counts what the compile job will use
+        fastest = fastest_by_workload(folder)
+        for task in result.tasks:
+            seconds = fastest.get(task.workload)
+            task.best_us = None if seconds is None else seconds * 1e6
+        save()
     pack(folder)
     tracker.log_artifact(folder / "provenance.json", "database")
     metrics = {"trials_run": result.trials_run, "trials_total": result.trials_total,

@@ -267,6 +267,23 @@ def records_by_workload(folder: Path) -> tuple[list[str], dict[int, list[tuple[f
     return (folder / WORKLOAD_FILE).read_text().splitlines(), by_workload
 
 
+def fastest_by_workload(folder: Path) -> dict[str, float]:
+    """Each workload's fastest measured record in a database, seconds.
+
+    Returns
+    -------
+    dict of str to float
+        By workload hash (16 hex digits of the workload's structural hash, as in the
+        provenance's ``tasks``): the mean run time of its fastest record with a finite time.
+    """
+    workloads, by_workload = records_by_workload(folder)
+    fastest = {}
+    for index, entries in by_workload.items():
+        if math.isfinite(entries[0][0]):
+            fastest[f"{int(json.loads(workloads[index])[0]):016x}"] = entries[0][0]
+    return fastest
+
+
 def files_sha256(folder: Path) -> str:
     """sha256 over the two database files (the database's identity in manifests)."""
     ensure_plain(folder)

@@ -10,8 +10,11 @@ from tvm import relax
 from compile import _tvm
 from compile.config import Layout, QuantScheme
 from compile.intrinsics import (
+    INTRINSIC_LANES,
     AVX2_CHANNEL_DOT_8x4,
+    AVX512_CHANNEL_DOT_16x4,
     VNNI_CHANNEL_DOT_8x4,
+    channel_intrinsics,
     dot_intrinsic,
 )
 from compile.passes import DecomposeQDQ, PackPointwiseNHWC
@@ -104,7 +107,20 @@ def test_nhwc_weights_that_could_saturate_stay_conv2d_without_vnni():
     _, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)
     assert (pack.packed, pack.saturating) == (0, 1)
     _, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN4)
-    assert (pack.intrinsic, pack.packed) == (VNNI_CHANNEL_DOT_8x4, 1)
+    assert (pack.packed, pack.packed_by) == (1, {AVX512_CHANNEL_DOT_16x4: 1})
+
+
+@pytest.mark.parametrize(("out_ch", "intrinsic", "lanes"), [
+    (32, AVX512_CHANNEL_DOT_16x4, 16), (24, VNNI_CHANNEL_DOT_8x4, 8)])
+def test_avx512_targets_pack_16_output_channels_where_they_divide(out_ch, intrinsic, lanes):
+    weights = RNG.integers(-128, 128, (out_ch, 1, 1, 12)).astype(np.int8)
+    packed, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN4)
+    assert pack.packed_by == {intrinsic: 1}
+    dot = next(f for gv, f in packed.functions.items() if CHANNEL_DOT_PREFIX in gv.name_hint)
+    assert [int(v) for v in dot.params[1].shape] == [out_ch // lanes, 3, lanes, 4]
+    assert (f"{CHANNEL_DOT_PREFIX}16_" in str(packed)) == (lanes == 16)
+    x = RNG.integers(0, 256, (1, 5, 7, 12)).astype(np.uint8)  # untuned loops: runs on AVX2
+    np.testing.assert_array_equal(_run(packed, x), _run(_nhwc_pointwise("uint8", weights), x))
 
 
 def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
@@ -116,6 +132,11 @@ def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
 def test_channel_intrinsic_follows_the_cpu_features():
     assert dot_intrinsic(tvm.target.Target(ZEN3), channels=True) == AVX2_CHANNEL_DOT_8x4
     assert dot_intrinsic(tvm.target.Target(ZEN4), channels=True) == VNNI_CHANNEL_DOT_8x4
+    assert channel_intrinsics(tvm.target.Target(ZEN4)) == [AVX512_CHANNEL_DOT_16x4,
+                                                            VNNI_CHANNEL_DOT_8x4]
+    assert channel_intrinsics(tvm.target.Target(ZEN3)) == [AVX2_CHANNEL_DOT_8x4]
+    avx_vnni = {"kind": "llvm", "mcpu": "alderlake"}  # AVX-VNNI (256-bit), no AVX-512
+    assert channel_intrinsics(tvm.target.Target(avx_vnni)) == [VNNI_CHANNEL_DOT_8x4]
     assert dot_intrinsic(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}),
                          channels=True) is None
 
@@ -124,11 +145,12 @@ def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_
     """The channel dot product with its 8 x 4 tile tensorized by hand, compiled for target."""
     from tvm import s_tir
 
-    func = channel_dot_primfunc(1, 1, n_pixels, channels, out_ch)
+    lanes = INTRINSIC_LANES[intrinsic]
+    func = channel_dot_primfunc(1, 1, n_pixels, channels, out_ch, lanes)
     sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
     block = sch.get_sblock(CHANNEL_DOT_PREFIX)
     _, _, w, o, c = sch.get_loops(block)
-    o0, o1 = sch.split(o, [None, 8])
+    o0, o1 = sch.split(o, [None, lanes])
     c0, c1 = sch.split(c, [None, 4])
     sch.reorder(w, o0, c0, o1, c1)
     sch.decompose_reduction(block, c0)
@@ -137,34 +159,76 @@ def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_
 
 
 @pytest.mark.parametrize(("intrinsic", "target", "instruction"), [
-    (AVX2_CHANNEL_DOT_8x4, ZEN3, "vpmaddubsw"), (VNNI_CHANNEL_DOT_8x4, ZEN4, "vpdpbusd")])
+    (AVX2_CHANNEL_DOT_8x4, ZEN3, "vpmaddubsw ymm"), (VNNI_CHANNEL_DOT_8x4, ZEN4, "vpdpbusd ymm"),
+    (AVX512_CHANNEL_DOT_16x4, ZEN4, "vpdpbusd zmm")])
 def test_channel_intrinsics_compute_the_dot_product(intrinsic, target, instruction):
-    n_pixels, channels, out_ch = 6, 16, 24
+    n_pixels, channels, out_ch = 6, 16, 32
     lib = _tensorized(intrinsic, target, n_pixels, channels, out_ch)
-    assert instruction in lib.mod.inspect_source("asm")
-    if intrinsic == VNNI_CHANNEL_DOT_8x4 and dot_intrinsic(tvm.target.Target(
-            {"kind": "llvm", "mcpu": host_cpu()}), channels=True) != VNNI_CHANNEL_DOT_8x4:
-        pytest.skip("this CPU has no VNNI: checked in assembly only")
+    name, register = instruction.split()
+    lines = [line for line in lib.mod.inspect_source("asm").splitlines() if name in line]
+    assert lines and all(f"%{register}" in line for line in lines)
+    if intrinsic != AVX2_CHANNEL_DOT_8x4 and intrinsic not in channel_intrinsics(
+            tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})):
+        pytest.skip(f"this CPU cannot run {intrinsic}: checked in assembly only")
     from compile.passes.pack_pointwise_nhwc import pack_weights
 
     x = RNG.integers(0, 256, (1, 1, n_pixels, channels)).astype(np.uint8)
-    w = RNG.integers(-64, 65, (out_ch, channels)).astype(np.int8)
+    w = RNG.integers(-128, 128, (out_ch, channels)).astype(np.int8)
+    if intrinsic == AVX2_CHANNEL_DOT_8x4:
+        w = w // 2  # 7-bit: vpmaddubsw cannot saturate
     out = tvm.runtime.tensor(np.zeros((1, 1, n_pixels, out_ch), np.int32))
-    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w)), out)
+    lanes = INTRINSIC_LANES[intrinsic]
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w, lanes)), out)
     np.testing.assert_array_equal(out.numpy()[0, 0],
                                   x[0, 0].astype(np.int64) @ w.T.astype(np.int64))
 
 
 def test_search_space_tensorizes_channel_kernels():
     from compile._tvm import ms
-    from compile.tuning import search_space
+    from compile.tuning import search_space, task_intrinsic
 
-    func = channel_dot_primfunc(1, 4, 4, 16, 16)
-    for target, intrinsic in ((ZEN3, AVX2_CHANNEL_DOT_8x4), (ZEN4, VNNI_CHANNEL_DOT_8x4)):
+    for target, lanes, intrinsic in ((ZEN3, 8, AVX2_CHANNEL_DOT_8x4),
+                                     (ZEN4, 8, VNNI_CHANNEL_DOT_8x4),
+                                     (ZEN4, 16, AVX512_CHANNEL_DOT_16x4)):
+        func = channel_dot_primfunc(1, 4, 4, 16, 48, lanes)
         target = tvm.target.Target({**target, "num-cores": 2})
-        mod = tvm.IRModule({f"fused_{CHANNEL_DOT_PREFIX}_c16_o16_h4_w4_add": func})
+        name = f"fused_{CHANNEL_DOT_PREFIX}{lanes if lanes == 16 else ''}_c16_o48_h4_w4_add"
+        assert task_intrinsic(name, target) == intrinsic
         context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
-                                 space_generator=search_space(mod, target))
+                                 space_generator=search_space(intrinsic))
+        traces = [str(s.trace) for s in context.generate_design_space()]
+        assert any(intrinsic in t for t in traces)
+        # The other width never: it would repack the weights inside the kernel.
+        other = {AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4, AVX2_CHANNEL_DOT_8x4} - {intrinsic}
+        assert not any(o in t for t in traces for o in other)
+
+
+def test_each_tuning_task_gets_the_space_of_its_own_intrinsic(tmp_path):
+    """16- and 8-lane kernels of one module: one context per task, in order, each its width."""
+    from compile._tvm import ms
+    from compile.config import TuningConfig
+    from compile.tuning import _tune_contexts, task_intrinsic
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 5, 7, 12], "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            convs = [bb.emit(R.nn.conv2d(
+                x, relax.const(RNG.integers(-128, 128, (out_ch, 1, 1, 12)).astype(np.int8)),
+                data_layout="NHWC", kernel_layout="OHWI", out_dtype="int32"))
+                for out_ch in (24, 32, 16)]
+            out = bb.emit_output(relax.Tuple(convs))
+        bb.emit_func_output(out)
+    target = tvm.target.Target({**ZEN4, "num-cores": 2})
+    with target:
+        mod = relax.transform.LegalizeOps()(PackPointwiseNHWC()(bb.get()))
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    intrinsics = [task_intrinsic(t.task_name, target) for t in tasks]
+    assert sorted(intrinsics) == [AVX512_CHANNEL_DOT_16x4] * 2 + [VNNI_CHANNEL_DOT_8x4]
+    contexts, weights = _tune_contexts(tasks, target, str(tmp_path), 1, TuningConfig())
+    assert [c.task_name for c in contexts] == [t.task_name for t in tasks]
+    assert weights == [float(t.weight) for t in tasks]
+    for context, intrinsic in zip(contexts, intrinsics, strict=True):
         traces = [str(s.trace) for s in context.generate_design_space()]
         assert any(intrinsic in t for t in traces)
 

@@ -168,15 +168,16 @@ def test_intrinsic_computes_the_dot_product_with_vpmaddubsw():
 
 def test_search_space_tensorizes_packed_kernels():
     from compile._tvm import ms
-    from compile.tuning import search_space
+    from compile.tuning import search_space, task_intrinsic
 
     func = dot_primfunc(1, 32, 16, 2, 16)
-    mod = tvm.IRModule({"fused_int8_pointwise_dot_c32_o16_h2_w16_add": func})
-    assert search_space(tvm.IRModule({"other": func}), tvm.target.Target(ZEN3)) == \
-        "post-order-apply"
+    name = "fused_int8_pointwise_dot_c32_o16_h2_w16_add"
+    assert task_intrinsic("fused_conv2d_add", tvm.target.Target(ZEN3)) is None
+    assert search_space(None) == "post-order-apply"
     for target, intrinsic in ((ZEN3, AVX2_DOT_8x4), (ZEN4, VNNI_DOT_8x4)):
         target = tvm.target.Target({**target, "num-cores": 2})
+        assert task_intrinsic(name, target) == intrinsic
         context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
-                                 space_generator=search_space(mod, target))
+                                 space_generator=search_space(intrinsic))
         traces = [str(s.trace) for s in context.generate_design_space()]
         assert any(intrinsic in t for t in traces)

@@ -441,7 +441,7 @@ def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_p
 
     from compile import _tvm
     from compile.record_check import check_best_records, check_record
-    from compile.tuning_db import RECORD_FILE, prune
+    from compile.tuning_db import RECORD_FILE, fastest_by_workload, prune
 
     mod = _row_sum("red")
     database = _tvm.ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
@@ -459,3 +459,6 @@ def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_p
     kept = (tmp_path / RECORD_FILE).read_text().splitlines()
     assert [json.loads(line)[1][1] for line in kept] == [[1e-5]]
     assert check_best_records(tmp_path, target) == []
+    # The job's estimate and provenance take the kept record's time (by workload hash).
+    assert fastest_by_workload(tmp_path) == {
+        f"{_tvm.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}": pytest.approx(1e-5)}

@@ -3,14 +3,15 @@
 In NHWC, the input channels of one pixel are adjacent bytes: a 1×1 convolution is a dense
 product ``acc[n, h, w, o] = sum_c x[n, h, w, c] * W[o, c]`` whose 4 reduction elements per
 intrinsic call (one pixel's 4 channels, broadcast) need no packing of the data. Only the
-constant weights are packed, at compile time, as ``Wp[o // 8, c // 4, o % 8, c % 4]`` (8
-output channels × 4 input channels, 32 adjacent bytes: TVM's ``dense_vnni`` layout with 8
-lanes). This pass rewrites
+constant weights are packed, at compile time, as ``Wp[o // L, c // 4, o % L, c % 4]`` (L = 8
+or 16 output channels × 4 input channels, 32 or 64 adjacent bytes: TVM's ``dense_vnni`` layout
+with L lanes). L is 16 on targets with AVX-512 VNNI where O is a multiple of 16, else 8
+(:func:`compile.intrinsics.channel_intrinsics`). This pass rewrites
 
     conv2d(x: uint8 [n, H, W, C], W: int8 const [O, 1, 1, C], NHWC/OHWI, out_dtype=int32)
 
-into ``call_tir(int8_pointwise_nhwc_dot…, (x, Wp))``, whose 8 × 4 inner tile is the target's
-channel dot intrinsic (:func:`compile.intrinsics.dot_intrinsic` with ``channels=True``; the
+into ``call_tir(int8_pointwise_nhwc_dot…, (x, Wp))`` (``int8_pointwise_nhwc_dot16…`` for 16
+lanes), whose L × 4 inner tile is the target's channel dot intrinsic of that width (the
 tuning job tensorizes it). int8 data is stored as ``uint8(x + 128)`` (an elementwise step that
 fuses into the kernel producing ``x``) and ``-128 * sum_c W[o, c]`` is added to the result. The
 integer result is identical to the convolution's.
@@ -29,7 +30,14 @@ import tvm
 from tvm import relax, te
 
 from .. import _tvm
-from ..intrinsics import LANES, REDUCE, AVX2_CHANNEL_DOT_8x4, dot_intrinsic, saturation_free
+from ..intrinsics import (
+    INTRINSIC_LANES,
+    LANES,
+    REDUCE,
+    AVX2_CHANNEL_DOT_8x4,
+    channel_intrinsics,
+    saturation_free,
+)
 from ._mutate import rewrite_functions
 
 R = relax.op
@@ -42,35 +50,37 @@ def _i64(*dims: int) -> list:
     return [tvm.tirx.IntImm("int64", d) for d in dims]  # Relax's PrimFuncs use int64 shapes
 
 
-def pack_weights(weights: np.ndarray) -> np.ndarray:
-    """Pack int8 ``[O, C]`` weights as ``[O / 8, C / 4, 8, 4]`` (O a multiple of 8, C of 4)."""
+def pack_weights(weights: np.ndarray, lanes: int = LANES) -> np.ndarray:
+    """Pack int8 ``[O, C]`` weights as ``[O / lanes, C / 4, lanes, 4]`` (O a multiple of lanes)."""
     out_channels, channels = weights.shape
-    packed = weights.reshape(out_channels // LANES, LANES, channels // REDUCE, REDUCE)
+    packed = weights.reshape(out_channels // lanes, lanes, channels // REDUCE, REDUCE)
     return np.ascontiguousarray(packed.transpose(0, 2, 1, 3))
 
 
-def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_channels: int):
-    """``(x: uint8 [n, H, W, C], wp: int8 [O/8, C/4, 8, 4]) -> int32 [n, H, W, O]``."""
+def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_channels: int,
+                         lanes: int = LANES):
+    """``(x: uint8 [n, H, W, C], wp: int8 [O/lanes, C/4, lanes, 4]) -> int32 [n, H, W, O]``."""
     x = te.placeholder(_i64(n, height, width, channels), "uint8", "x")
-    wp = te.placeholder(_i64(out_channels // LANES, channels // REDUCE, LANES, REDUCE),
+    wp = te.placeholder(_i64(out_channels // lanes, channels // REDUCE, lanes, REDUCE),
                         "int8", "wp")
     c = te.reduce_axis(_i64(0, channels), "c")
     acc = te.compute(
         _i64(n, height, width, out_channels),
         lambda b, h, w, o: te.sum(
             x[b, h, w, c].astype("int32")
-            * wp[o // LANES, c // REDUCE, o % LANES, c % REDUCE].astype("int32"), axis=c),
+            * wp[o // lanes, c // REDUCE, o % lanes, c % REDUCE].astype("int32"), axis=c),
         name=CHANNEL_DOT_PREFIX)
     return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
 
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, intrinsic: str) -> None:
+    def __init__(self, mod: tvm.IRModule, intrinsics: list[str]) -> None:
         super().__init__(mod)
         self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
-        self.intrinsic = intrinsic
+        self.intrinsics = intrinsics
         self.packed = self.saturating = 0
+        self.packed_by: dict[str, int] = {}
         self._funcs: dict[tuple, tvm.ir.GlobalVar] = {}
 
     def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
@@ -90,27 +100,31 @@ class _Rewriter(relax.PyExprMutator):
             return call
         w = kernel.value.numpy()
         n, height, width, channels = (int(v) for v in shape)
-        if (w.dtype != np.int8 or w.shape[1:3] != (1, 1) or channels % REDUCE
-                or w.shape[0] % LANES):
+        # The widest intrinsic whose lanes divide the output channels.
+        intrinsic = next((i for i in self.intrinsics if w.shape[0] % INTRINSIC_LANES[i] == 0),
+                         None)
+        if w.dtype != np.int8 or w.shape[1:3] != (1, 1) or channels % REDUCE or not intrinsic:
             return call
         weights = np.ascontiguousarray(w[:, 0, 0, :])
-        if self.intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(weights):
+        if intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(weights):
             self.saturating += 1
             return call
         self.packed += 1
+        self.packed_by[intrinsic] = self.packed_by.get(intrinsic, 0) + 1
+        lanes = INTRINSIC_LANES[intrinsic]
         out_channels = weights.shape[0]
-        key = (n, height, width, channels, out_channels)
+        key = (n, height, width, channels, out_channels, lanes)
         if key not in self._funcs:
             self._funcs[key] = self.builder_.add_func(
-                channel_dot_primfunc(*key),
-                f"{CHANNEL_DOT_PREFIX}_c{channels}_o{out_channels}_h{height}_w{width}")
+                channel_dot_primfunc(*key), f"{CHANNEL_DOT_PREFIX}{'' if lanes == LANES else lanes}"
+                f"_c{channels}_o{out_channels}_h{height}_w{width}")
         shift = None
         if str(data.ty.dtype) == "int8":
             wide = self.builder_.emit(R.add(R.astype(data, "int16"),
                                             relax.const(np.full((1, 1, 1, 1), 128, np.int16))))
             data = self.builder_.emit(R.astype(wide, "uint8"))
             shift = -128 * weights.astype(np.int64).sum(axis=1)
-        acc = relax.call_tir(self._funcs[key], [data, relax.const(pack_weights(weights))],
+        acc = relax.call_tir(self._funcs[key], [data, relax.const(pack_weights(weights, lanes))],
                              relax.TensorType([n, height, width, out_channels], "int32"))
         if shift is None:
             return acc
@@ -125,23 +139,30 @@ class PackPointwiseNHWC:
     Attributes
     ----------
     intrinsic : str or None
-        The current target's channel dot intrinsic in the last run (None: nothing packed).
+        The current target's channel dot intrinsics in the last run, widest first and joined by
+        ``+`` (None: the target has none).
     packed, saturating : int
         Convolutions packed by the last run, and those left because their weights could
         saturate ``vpmaddubsw`` (targets without VNNI).
+    packed_by : dict of str to int
+        Convolutions packed by the last run, by intrinsic.
     """
 
     def __init__(self) -> None:
         self.intrinsic: str | None = None
         self.packed = self.saturating = 0
+        self.packed_by: dict[str, int] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module under the current target."""
-        self.intrinsic = dot_intrinsic(tvm.target.Target.current(allow_none=True), channels=True)
+        intrinsics = channel_intrinsics(tvm.target.Target.current(allow_none=True))
+        self.intrinsic = "+".join(intrinsics) or None
         self.packed = self.saturating = 0
-        if self.intrinsic is None:
+        self.packed_by = {}
+        if not intrinsics:
             return mod
-        rewriter = _Rewriter(mod, self.intrinsic)
+        rewriter = _Rewriter(mod, intrinsics)
         new = rewrite_functions(mod, rewriter, lambda: rewriter.packed > 0)
         self.packed, self.saturating = rewriter.packed, rewriter.saturating
+        self.packed_by = dict(rewriter.packed_by)
         return new
