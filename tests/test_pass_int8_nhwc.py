@@ -19,7 +19,7 @@ from compile.intrinsics import (
 )
 from compile.passes import DecomposeQDQ, PackPointwiseNHWC
 from compile.passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX, channel_dot_primfunc
-from compile.pipeline import count_layout_transposes, graph_passes
+from compile.pipeline import count_kernels, count_layout_transposes, graph_passes
 from compile.targets import host_cpu
 
 from .test_pass_pointwise_int8 import ZEN3, ZEN4, _calls, _run
@@ -99,6 +99,37 @@ def test_packed_nhwc_convolution_is_identical_to_conv2d(dtype, low, high):
     assert any(c.startswith(CHANNEL_DOT_PREFIX) for c in calls)
     x = RNG.integers(low, high, (1, 5, 7, 12)).astype(dtype)
     np.testing.assert_array_equal(_run(packed, x), _run(before, x))
+
+
+def test_int8_input_with_a_residual_user_is_shifted_once_in_its_producer():
+    """y = max(x, -100) feeds a packed conv and a sum bound before it (as a residual add's
+    dequantize comes before the convolution in ONNX order): y's kernel writes uint8(y + 128)."""
+    weights = RNG.integers(-128, 128, (16, 1, 1, 12)).astype(np.int8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 5, 7, 12], "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(R.maximum(x, relax.const(np.int8(-100))))
+            total = bb.emit(R.sum(R.astype(y, "int32"), axis=3, keepdims=True))
+            conv = bb.emit(R.nn.conv2d(y, relax.const(weights), data_layout="NHWC",
+                                       kernel_layout="OHWI", out_dtype="int32"))
+            out = bb.emit_output(R.add(conv, total))
+        bb.emit_func_output(out)
+    before = bb.get()
+    packed, pack = _pack(before, ZEN4)
+    assert pack.packed == 1
+
+    def kernels(mod):
+        mod = relax.transform.DeadCodeElimination()(mod)
+        seq = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+               relax.transform.FuseOps(), relax.transform.FuseTIR()]
+        return count_kernels(tvm.transform.Sequential(seq)(mod))
+
+    # Before: max, shift, dot (+ add), sum. After: max with the shift, dot (+ add), sum (of
+    # y read back from the shifted tensor).
+    assert kernels(_pack(before, ZEN4)[0]) == 3
+    x_value = RNG.integers(-128, 128, (1, 5, 7, 12)).astype(np.int8)
+    np.testing.assert_array_equal(_run(packed, x_value), _run(before, x_value))
 
 
 def test_nhwc_weights_that_could_saturate_stay_conv2d_without_vnni():

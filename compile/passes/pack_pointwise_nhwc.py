@@ -14,7 +14,10 @@ into ``call_tir(int8_pointwise_nhwc_dot…, (x, Wp))`` (``int8_pointwise_nhwc_do
 lanes), whose L × 4 inner tile is the target's channel dot intrinsic of that width (the
 tuning job tensorizes it). int8 data is stored as ``uint8(x + 128)`` (an elementwise step that
 fuses into the kernel producing ``x``) and ``-128 * sum_c W[o, c]`` is added to the result. The
-integer result is identical to the convolution's.
+integer result is identical to the convolution's. The shift ``u`` is made right after ``x``'s
+binding, and every later user of ``x`` (the residual add of an inverted-residual block) reads
+``int8(u - 128)`` instead: ``x`` keeps one consumer, so the shift fuses into ``x``'s kernel
+rather than staying a kernel of its own when ``x`` has several users.
 
 Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
 Taken only on llvm x86 targets with AVX2, for 1×1 convolutions with stride 1, no padding,
@@ -73,6 +76,10 @@ def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_cha
     return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
 
 
+def _const_i16(value: int) -> relax.Constant:
+    return relax.const(np.full((1, 1, 1, 1), value, np.int16))
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, intrinsics: list[str]) -> None:
@@ -82,11 +89,13 @@ class _Rewriter(relax.PyExprMutator):
         self.packed = self.saturating = 0
         self.packed_by: dict[str, int] = {}
         self._funcs: dict[tuple, tvm.ir.GlobalVar] = {}
+        self._to_shift: set = set()  # int8 vars that packed convolutions read
+        self._shifted: dict = {}  # int8 var read back from its shift -> the uint8 var
 
-    def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
-        call = super().visit_call_(call)
-        if not call.op.same_as(self.conv2d):
-            return call
+    def plan(self, call) -> tuple[str, np.ndarray] | str | None:
+        """(intrinsic, weights [O, C]) for a packable conv2d, "saturating", or None."""
+        if not isinstance(call, relax.Call) or not call.op.same_as(self.conv2d):
+            return None
         data, kernel = call.args
         attrs = call.attrs
         shape = getattr(data.ty, "shape", None)
@@ -97,18 +106,55 @@ class _Rewriter(relax.PyExprMutator):
                 or not all(isinstance(v, tvm.tirx.IntImm) for v in shape)
                 or any(int(v) != 1 for v in [*attrs.strides, *attrs.dilation])
                 or any(int(v) != 0 for v in attrs.padding)):
-            return call
+            return None
         w = kernel.value.numpy()
-        n, height, width, channels = (int(v) for v in shape)
         # The widest intrinsic whose lanes divide the output channels.
         intrinsic = next((i for i in self.intrinsics if w.shape[0] % INTRINSIC_LANES[i] == 0),
                          None)
-        if w.dtype != np.int8 or w.shape[1:3] != (1, 1) or channels % REDUCE or not intrinsic:
-            return call
+        if (w.dtype != np.int8 or w.shape[1:3] != (1, 1) or int(shape[3]) % REDUCE
+                or not intrinsic):
+            return None
         weights = np.ascontiguousarray(w[:, 0, 0, :])
         if intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(weights):
+            return "saturating"
+        return intrinsic, weights
+
+    def find_int8_inputs(self, func: relax.Function) -> None:
+        """Note the int8 variables that packed convolutions of ``func`` read."""
+        def visit(expr):
+            if isinstance(self.plan(expr), tuple) and isinstance(expr.args[0], relax.Var) \
+                    and str(expr.args[0].ty.dtype) == "int8":
+                self._to_shift.add(expr.args[0])
+
+        relax.analysis.post_order_visit(func, visit)
+
+    def visit_var_binding_(self, binding) -> None:  # noqa: D102 (PyExprMutator hook)
+        super().visit_var_binding_(binding)
+        if binding.var not in self._to_shift:
+            return
+        # uint8(x + 128) right where x is made: the shift is x's only consumer and fuses into
+        # x's kernel. Every later user of x (the convolutions, and a residual add that may
+        # come first in binding order) reads x back as int8(u - 128), bit for bit; the
+        # convolutions then take u itself.
+        x = self.get_var_remap(binding.var)
+        x = binding.var if x is None else x  # None: re-emitted as it was
+        wide = self.builder_.emit(R.add(R.astype(x, "int16"), _const_i16(128)))
+        shifted = self.builder_.emit(R.astype(wide, "uint8"))
+        back = self.builder_.emit(R.astype(R.subtract(R.astype(shifted, "int16"),
+                                                      _const_i16(128)), "int8"))
+        self.set_var_remap(binding.var, back)
+        self._shifted[back] = shifted
+
+    def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
+        call = super().visit_call_(call)
+        plan = self.plan(call)
+        if plan == "saturating":
             self.saturating += 1
+        if not isinstance(plan, tuple):
             return call
+        intrinsic, weights = plan
+        data = call.args[0]
+        n, height, width, channels = (int(v) for v in data.ty.shape)
         self.packed += 1
         self.packed_by[intrinsic] = self.packed_by.get(intrinsic, 0) + 1
         lanes = INTRINSIC_LANES[intrinsic]
@@ -120,9 +166,11 @@ class _Rewriter(relax.PyExprMutator):
                 f"_c{channels}_o{out_channels}_h{height}_w{width}")
         shift = None
         if str(data.ty.dtype) == "int8":
-            wide = self.builder_.emit(R.add(R.astype(data, "int16"),
-                                            relax.const(np.full((1, 1, 1, 1), 128, np.int16))))
-            data = self.builder_.emit(R.astype(wide, "uint8"))
+            if data in self._shifted:
+                data = self._shifted[data]
+            else:
+                wide = self.builder_.emit(R.add(R.astype(data, "int16"), _const_i16(128)))
+                data = self.builder_.emit(R.astype(wide, "uint8"))
             shift = -128 * weights.astype(np.int64).sum(axis=1)
         acc = relax.call_tir(self._funcs[key], [data, relax.const(pack_weights(weights, lanes))],
                              relax.TensorType([n, height, width, out_channels], "int32"))
@@ -162,6 +210,9 @@ class PackPointwiseNHWC:
         if not intrinsics:
             return mod
         rewriter = _Rewriter(mod, intrinsics)
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                rewriter.find_int8_inputs(func)
         new = rewrite_functions(mod, rewriter, lambda: rewriter.packed > 0)
         self.packed, self.saturating = rewriter.packed, rewriter.saturating
         self.packed_by = dict(rewriter.packed_by)
