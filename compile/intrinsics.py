@@ -147,32 +147,25 @@ def _channel_dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
             dtype="int32x8")
 
 
-@T.prim_func(s_tir=True)
-def _channel_dot_8x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
-                          B: T.Buffer((8, 4), "int8", offset_factor=1),
-                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"), T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"),
-            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+def _channel_dot_vnni(lanes: int):
+    """The channel form on one ``vpdpbusd`` of ``lanes`` int32 (8: 256-bit, 16: 512-bit)."""
+    intrinsic = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
+    acc, data = f"int32x{lanes}", f"int8x{lanes * 4}"
 
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
+             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic), C.vload([0], dtype=acc),
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype=data),
+                B.vload([0, 0], dtype=data), dtype=acc)
 
-@T.prim_func(s_tir=True)
-def _channel_dot_16x4_avx512(A: T.Buffer((4,), "uint8", offset_factor=1),
-                             B: T.Buffer((16, 4), "int8", offset_factor=1),
-                             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"), T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"),
-            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    return impl
 
 
 def _register() -> None:
@@ -185,8 +178,8 @@ def _register() -> None:
             (AVX2_DOT_8x4, _dot_8x4_desc, _dot_8x4_avx2),
             (VNNI_DOT_8x4, _dot_8x4_desc, _dot_8x4_vnni),
             (AVX2_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_avx2),
-            (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_vnni),
-            (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_16x4_avx512)):
+            (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_vnni(8)),
+            (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16))):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
 
