@@ -44,6 +44,7 @@ from .tuning_db import (
     prune,
     read_provenance,
     repair,
+    workload_key,
     write_provenance,
 )
 
@@ -176,7 +177,7 @@ def hide_torch_from_workers(cache_dir: str | Path) -> None:
 
 
 def _workload(mod: Any) -> str:
-    return f"{_tvm.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return workload_key(_tvm.structural_hash(mod))
 
 
 def _task_stats(tasks: list[Any], provenance: dict[str, Any]) -> list[TaskStats]:
@@ -213,9 +214,10 @@ def task_intrinsic(task_name: str, target) -> str | None:
     Parameters
     ----------
     task_name : str
-        The task's name: its fused PrimFunc's, which keeps the packing passes' prefixes
-        (``compile.passes.pointwise_int8.DOT_PREFIX``, ``CHANNEL_DOT_PREFIX`` and, for 16
-        lanes, ``CHANNEL_DOT_PREFIX + "16"``).
+        The task's name: its fused PrimFunc's, which keeps the packing passes' names
+        (``compile.passes.pointwise_int8.DOT_PREFIX``;
+        ``compile.passes.pack_pointwise_nhwc.channel_dot_name``, read back by
+        ``channel_dot_lanes``).
     target : tvm.target.Target
 
     Returns
@@ -225,11 +227,11 @@ def task_intrinsic(task_name: str, target) -> str | None:
         :func:`compile.intrinsics.channel_intrinsics`), or None where the target has none.
     """
     from .intrinsics import INTRINSIC_LANES, channel_intrinsics, dot_intrinsic
-    from .passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX
+    from .passes.pack_pointwise_nhwc import channel_dot_lanes
     from .passes.pointwise_int8 import DOT_PREFIX
 
-    if CHANNEL_DOT_PREFIX in task_name:
-        lanes = 16 if f"{CHANNEL_DOT_PREFIX}16_" in task_name else 8
+    lanes = channel_dot_lanes(task_name)
+    if lanes is not None:
         return next((i for i in channel_intrinsics(target) if INTRINSIC_LANES[i] == lanes), None)
     return dot_intrinsic(target) if DOT_PREFIX in task_name else None
 

@@ -267,6 +267,18 @@ def records_by_workload(folder: Path) -> tuple[list[str], dict[int, list[tuple[f
     return (folder / WORKLOAD_FILE).read_text().splitlines(), by_workload
 
 
+def workload_key(structural_hash: int) -> str:
+    """A workload's key in the provenance's ``tasks``: its structural hash as 16 hex digits.
+
+    Parameters
+    ----------
+    structural_hash : int
+        ``tvm.ir.structural_hash`` of the workload's IRModule (signed or unsigned 64-bit), or the
+        decimal hash that ``database_workload.json`` stores for it.
+    """
+    return f"{structural_hash & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def fastest_by_workload(folder: Path) -> dict[str, float]:
     """Each workload's fastest measured record in a database, seconds.
 
@@ -280,7 +292,7 @@ def fastest_by_workload(folder: Path) -> dict[str, float]:
     fastest = {}
     for index, entries in by_workload.items():
         if math.isfinite(entries[0][0]):
-            fastest[f"{int(json.loads(workloads[index])[0]):016x}"] = entries[0][0]
+            fastest[workload_key(int(json.loads(workloads[index])[0]))] = entries[0][0]
     return fastest
 
 

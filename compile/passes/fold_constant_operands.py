@@ -17,7 +17,7 @@ pass rewrites the elementwise binary operators ``add``, ``subtract``, ``multiply
 
 Each happens only when the result's shape and dtype are those of the other operand, so
 broadcasting gives the same tensor and the result is identical. On MobileNetV2 int8 in NHWC this
-removes 140 kB of its 3.84 MB of constants.
+removes 134 kB of its 3.84 MB of constants (2026-11-22).
 """
 
 from __future__ import annotations

@@ -49,6 +49,20 @@ R = relax.op
 CHANNEL_DOT_PREFIX = "int8_pointwise_nhwc_dot"
 
 
+def channel_dot_name(channels: int, out_channels: int, height: int, width: int,
+                     lanes: int = LANES) -> str:
+    """Name of a dot-product PrimFunc: the prefix, then ``16`` for 16 lanes, then its shape."""
+    width_tag = "" if lanes == LANES else str(lanes)
+    return f"{CHANNEL_DOT_PREFIX}{width_tag}_c{channels}_o{out_channels}_h{height}_w{width}"
+
+
+def channel_dot_lanes(name: str) -> int | None:
+    """Lanes of the dot-product kernel a (fused) PrimFunc's name holds (None: holds none)."""
+    if CHANNEL_DOT_PREFIX not in name:
+        return None
+    return 16 if f"{CHANNEL_DOT_PREFIX}16_" in name else LANES
+
+
 def _i64(*dims: int) -> list:
     return [tvm.tirx.IntImm("int64", d) for d in dims]  # Relax's PrimFuncs use int64 shapes
 
@@ -78,6 +92,11 @@ def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_cha
 
 def _const_i16(value: int) -> relax.Constant:
     return relax.const(np.full((1, 1, 1, 1), value, np.int16))
+
+
+def _to_uint8(x: relax.Expr) -> relax.Expr:
+    """``uint8(int16(x) + 128)`` of int8 ``x``: the data the dot intrinsics read."""
+    return R.astype(R.add(R.astype(x, "int16"), _const_i16(128)), "uint8")
 
 
 @relax.expr_functor.mutator
@@ -138,8 +157,7 @@ class _Rewriter(relax.PyExprMutator):
         # convolutions then take u itself.
         x = self.get_var_remap(binding.var)
         x = binding.var if x is None else x  # None: re-emitted as it was
-        wide = self.builder_.emit(R.add(R.astype(x, "int16"), _const_i16(128)))
-        shifted = self.builder_.emit(R.astype(wide, "uint8"))
+        shifted = self.builder_.emit(_to_uint8(x))
         back = self.builder_.emit(R.astype(R.subtract(R.astype(shifted, "int16"),
                                                       _const_i16(128)), "int8"))
         self.set_var_remap(binding.var, back)
@@ -162,15 +180,12 @@ class _Rewriter(relax.PyExprMutator):
         key = (n, height, width, channels, out_channels, lanes)
         if key not in self._funcs:
             self._funcs[key] = self.builder_.add_func(
-                channel_dot_primfunc(*key), f"{CHANNEL_DOT_PREFIX}{'' if lanes == LANES else lanes}"
-                f"_c{channels}_o{out_channels}_h{height}_w{width}")
+                channel_dot_primfunc(*key),
+                channel_dot_name(channels, out_channels, height, width, lanes))
         shift = None
         if str(data.ty.dtype) == "int8":
-            if data in self._shifted:
-                data = self._shifted[data]
-            else:
-                wide = self.builder_.emit(R.add(R.astype(data, "int16"), _const_i16(128)))
-                data = self.builder_.emit(R.astype(wide, "uint8"))
+            shifted = self._shifted.get(data)
+            data = shifted if shifted is not None else self.builder_.emit(_to_uint8(data))
             shift = -128 * weights.astype(np.int64).sum(axis=1)
         acc = relax.call_tir(self._funcs[key], [data, relax.const(pack_weights(weights, lanes))],
                              relax.TensorType([n, height, width, out_channels], "int32"))
