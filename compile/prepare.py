@@ -158,8 +158,28 @@ def variant_path(root: str | Path, model: str, target: TargetConfig, quant: Quan
 
 def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant: QuantScheme,
                     explicit: str | None = None) -> Path:
-    """The tuning database: ``tuning.database`` or :func:`variant_path` under ``tune_logs``."""
-    return Path(explicit) if explicit else variant_path(paths.tune_logs_dir, model, target, quant)
+    """The tuning database: ``tuning.database``, else by convention under ``tune_logs``.
+
+    By convention: :func:`variant_path`, except that for ``target.mcpu: host`` (an llvm target
+    for this machine) a database tuned on this CPU, under ``<target>-<cpu>`` instead of
+    ``<target>`` (``tune_logs/mobilenet_v2/x86_64-znver5/nhwc`` on a Zen 5), is taken first
+    when there is one.
+    """
+    if explicit:
+        return Path(explicit)
+    own = host_cpu_folder(paths, model, target, quant)
+    if own is not None and read_provenance(own) is not None:
+        return own
+    return variant_path(paths.tune_logs_dir, model, target, quant)
+
+
+def host_cpu_folder(paths: PathsConfig, model: str, target: TargetConfig,
+                    quant: QuantScheme) -> Path | None:
+    """:func:`variant_path` under ``<target>-<this CPU>`` for ``mcpu: host`` llvm targets."""
+    if target.kind != TargetKind.llvm or target.mcpu != "host" or target.mtriple:
+        return None
+    return variant_path(paths.tune_logs_dir, model,
+                        replace(target, name=f"{target.name}-{host_cpu()}"), quant)
 
 
 def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:

@@ -28,7 +28,7 @@ from . import _tvm
 from .config import CompileJob, TargetKind, TuningConfig, host_threads
 from .errors import ConfigError, TuningDatabaseError
 from .ms_worker import build_candidate
-from .prepare import PreparedModel, database_folder, prepare_model
+from .prepare import PreparedModel, database_folder, host_cpu_folder, prepare_model
 from .record_check import check_best_records
 from .tracking import Tracker, host_cpu_name
 from .tuning_db import (
@@ -533,8 +533,13 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     if old is not None:
         problem = mismatch(old, prepared.database_key)
         if problem:
+            own = None if cfg.database else host_cpu_folder(job.paths, model, job.target,
+                                                            job.quant.scheme)
+            hint = (f" (tuning.database={own} tunes for this CPU; compile and bench jobs here "
+                    "then take it)" if own is not None else "")
             raise TuningDatabaseError(f"{folder} holds a database for something else: {problem}; "
-                                      "point tuning.database at another folder or delete it")
+                                      f"point tuning.database at another folder{hint} or "
+                                      "delete it")
     warnings = repair(folder) if folder.is_dir() else []
     database = open_database(folder)
     tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)

@@ -11,7 +11,7 @@ import pytest
 
 from compile.errors import ConfigError, TuningDatabaseError
 from compile.job import run_compile
-from compile.targets import host_runs
+from compile.targets import host_cpu, host_runs
 from compile.tuning import run_tune
 from compile.tuning_db import RECORD_FILE, count_records, prune, read_provenance, repair
 from runner.manifest import read_manifest
@@ -106,6 +106,28 @@ def test_database_of_an_older_cpu_is_compiled_for_that_cpu(tuned, tmp_path):
     assert "tuned on mcpu=x86-64: compiled for x86-64" in compiled.warnings[0]
     with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):  # tuning: refused
         run_tune(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
+
+
+def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
+    """tune_logs/<model>/x86_64-<this CPU> goes before x86_64 (tuned on an older CPU)."""
+    job, result = tuned
+    logs = tmp_path / "tune_logs" / "conv_bn_relu"
+    shutil.copytree(result.database, logs / "x86_64")
+    provenance = json.loads((logs / "x86_64" / "provenance.json").read_text())
+    provenance["target"]["mcpu"] = "x86-64"
+    (logs / "x86_64" / "provenance.json").write_text(json.dumps(provenance))
+    overrides = [*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"]
+    own = logs / f"x86_64-{host_cpu()}"
+    with pytest.raises(TuningDatabaseError, match=f"tuning.database={own} tunes for this CPU"):
+        run_tune(compose(*overrides))
+    shutil.copytree(result.database, own)
+    compiled = run_compile(compose(*overrides))
+    assert compiled.tuning["database"].endswith(f"x86_64-{host_cpu()}")
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
+    assert read_manifest(compiled.artifact_dir)["target"]["mcpu"] == host_cpu()
+    assert not any("compiled for" in w for w in compiled.warnings)
+    again = run_tune(compose(*overrides, "tuning.trials=2", "tuning.max_trials_per_task=1"))
+    assert again.database == own and count_records(own) == 10
 
 
 def test_database_of_another_model_is_refused(tuned, tmp_path):
