@@ -215,6 +215,10 @@ class TuningConfig:
     check: bool = True  # run each kept record's kernel against the kernel as written (llvm)
     timeout_s: float = 30.0  # per-candidate measurement timeout
     reuse: bool = True  # start from other models' records of identical kernels (same target)
+    # After the run, drop the records of kernels the model no longer has (after a pipeline
+    # code change that kept the pass names). Off: the database also serves the model's
+    # other variants of the same pipeline (another quant.exclude or input shape).
+    drop_stale: bool = False
     database: str | None = None  # null: tune_logs/<model>/<target>
     apply: bool = True  # the compile job applies a matching database
 

@@ -194,7 +194,7 @@ def fixed_input_specs(model: onnx.ModelProto, config: ModelConfig) -> list[Tenso
             shape = [int(d) for d in dims]
         else:
             problems.append(f"input '{vi.name}' has dynamic shape {dims}: set "
-                            f"'model.input_shapes={{{vi.name}:[...]}}'")
+                            f"'++model.input_shapes={{{vi.name}:[...]}}'")
             continue
         specs.append(TensorSpec(vi.name, tuple(shape), dtype))
     if problems:

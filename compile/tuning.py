@@ -435,9 +435,10 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
     tasks = {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
                       "best_us": s.best_us, "since_improvement": s.since_improvement,
                       "workload": s.workload} for s in stats}
-    # Kernels of other variants of the model (another quant.exclude) keep their history.
+    # Kernels of other variants of the model (another quant.exclude) keep their history,
+    # unless tuning.drop_stale drops them.
     current = {s.workload for s in stats}
-    for name, entry in (old or {}).get("tasks", {}).items():
+    for name, entry in ({} if cfg.drop_stale else (old or {}).get("tasks", {})).items():
         if entry.get("workload") and entry["workload"] not in current and name not in tasks:
             tasks[name] = entry
     return {
@@ -685,9 +686,10 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
             f"{len(rejected)} tuned record(s) computed other values than their kernel as written "
             f"(workloads {sorted({r.workload for r in rejected})}) and were left out: those "
             "kernels keep their fastest correct record, or stay untuned")
-    if job.tuning.keep_per_workload > 0 or rejected:
+    current = frozenset(t.workload for t in result.tasks) if job.tuning.drop_stale else None
+    if job.tuning.keep_per_workload > 0 or rejected or current is not None:
         before, result.records_kept = prune(folder, job.tuning.keep_per_workload,
-                                            frozenset(r.line for r in rejected))
+                                            frozenset(r.line for r in rejected), current)
     else:
         result.records_kept = before
     if rejected:  # the estimate counts what the compile job will use

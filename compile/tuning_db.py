@@ -207,7 +207,8 @@ def record_latency_s(line: str) -> float:
     return math.inf if mean >= 1e9 else mean  # MetaSchedule stores 1e10 for failures
 
 
-def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset()) -> tuple[int, int]:
+def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset(),
+          workloads: frozenset[str] | None = None) -> tuple[int, int]:
     """Keep only the ``keep`` fastest records per workload (the committed form of a database).
 
     Parameters
@@ -218,16 +219,19 @@ def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset()) -
     rejected : set of str
         Record lines left out whatever their time (kernels that compute wrong values,
         :func:`compile.record_check.check_best_records`).
+    workloads : set of str, optional
+        Keep only these workloads (:func:`workload_key`); None: every workload with records.
 
     Returns
     -------
     (before, after) : tuple of int
         Number of records before and after.
     """
-    workloads, by_workload = records_by_workload(folder)
+    lines, by_workload = records_by_workload(folder)
     if not (folder / RECORD_FILE).is_file():
         return 0, 0
-    used = sorted(by_workload)
+    used = sorted(w for w in by_workload
+                  if workloads is None or workload_key(int(json.loads(lines[w])[0])) in workloads)
     remap = {old: new for new, old in enumerate(used)}
     kept = []
     for old in used:
@@ -237,7 +241,7 @@ def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset()) -
             data = json.loads(line)
             data[0] = remap[old]
             kept.append((order, json.dumps(data, separators=(",", ":"))))
-    _rewrite_lines(folder / WORKLOAD_FILE, [workloads[old] for old in used])
+    _rewrite_lines(folder / WORKLOAD_FILE, [lines[old] for old in used])
     _rewrite_lines(folder / RECORD_FILE, [line for _, line in sorted(kept)])
     return sum(len(entries) for entries in by_workload.values()), len(kept)
 

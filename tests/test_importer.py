@@ -13,6 +13,7 @@ from compile.verify import ort_session, reference_outputs
 from runner import load
 
 from . import models
+from .conftest import CACHE_DIR, assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("name", ["conv_bn_relu", "matmul_gelu_layernorm", "if_model"])
@@ -66,6 +67,16 @@ def test_corrupt_and_truncated_files(tmp_path, tiny_dir):
     for path in (garbage, truncated):
         with pytest.raises(UnsupportedModelError, match="re-export|onnx.checker|empty graph"):
             load_onnx(path)
+
+
+def test_the_shape_the_error_asks_for_is_a_working_override(tiny_dir, tmp_path):
+    """Hydra refuses ``model.input_shapes={x:...}`` (a new key); the hint's ``++`` form works."""
+    args = ["compile", "model=file", f"model.path={tiny_dir / 'dynamic_batch.onnx'}",
+            "tracking=off", f"paths.artifacts_dir={tmp_path}", f"paths.cache_dir={CACHE_DIR}"]
+    assert_one_line_error(run_cli(*args), "'++model.input_shapes={x:[...]}'")
+    proc = run_cli(*args, "++model.input_shapes={x:[2,8,64]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verify     passed" in proc.stdout
 
 
 def test_dynamic_input_needs_a_shape(tiny_dir):

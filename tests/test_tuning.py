@@ -13,7 +13,15 @@ from compile.errors import ConfigError, TuningDatabaseError
 from compile.job import run_compile
 from compile.targets import host_cpu, host_runs
 from compile.tuning import run_tune
-from compile.tuning_db import RECORD_FILE, count_records, prune, read_provenance, repair
+from compile.tuning_db import (
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    count_records,
+    prune,
+    read_provenance,
+    repair,
+    workload_key,
+)
 from runner.manifest import read_manifest
 
 from .conftest import CACHE_DIR, compose, run_cli
@@ -128,6 +136,30 @@ def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
     assert not any("compiled for" in w for w in compiled.warnings)
     again = run_tune(compose(*overrides, "tuning.trials=2", "tuning.max_trials_per_task=1"))
     assert again.database == own and count_records(own) == 10
+
+
+def test_drop_stale_keeps_only_the_kernels_the_model_has(tiny_dir, tmp_path):
+    """Another input shape's kernels stay in the folder, and go with tuning.drop_stale."""
+    def tune(batch: int, *overrides: str):
+        return run_tune(tune_job(tiny_dir / "dynamic_batch.onnx", tmp_path,
+                                 f"++model.input_shapes={{x:[{batch},8,64]}}", *overrides))
+
+    def workloads(folder) -> set[str]:
+        return {workload_key(int(json.loads(line)[0]))
+                for line in (folder / WORKLOAD_FILE).read_text().splitlines()}
+
+    one = tune(1)
+    two = tune(2)
+    current = {t.workload for t in two.tasks}
+    assert two.database == one.database and not current & {t.workload for t in one.tasks}
+    assert workloads(two.database) == workloads(one.database) | (workloads(two.database) & current)
+    dropped = tune(2, "tuning.drop_stale=true", "tuning.trials=2", "tuning.max_trials_per_task=1")
+    assert workloads(dropped.database) and workloads(dropped.database) <= current
+    tasks = read_provenance(dropped.database)["tasks"]
+    assert {t["workload"] for t in tasks.values()} == current
+    compiled = run_compile(tune_job(tiny_dir / "dynamic_batch.onnx", tmp_path,
+                                    "++model.input_shapes={x:[2,8,64]}"))
+    assert compiled.tuning["tasks_tuned"] == len(workloads(dropped.database))
 
 
 def test_database_of_another_model_is_refused(tuned, tmp_path):
