@@ -356,14 +356,17 @@ def test_task_history_follows_the_kernel_not_its_name():
                                pipeline=SimpleNamespace(name="cpu"))
     stats.trials += 8
     written = _provenance(prepared, "m", old, [stats], {"started_at": "now"},
-                          SimpleNamespace(seed=0))
+                          SimpleNamespace(seed=0, drop_stale=False))
     assert written["tasks"]["fused_add2"]["trials"] == 48
     assert "fused_add1" not in written["tasks"]  # the same kernel, now under its new name
     assert written["trials_total"] == 48
     other_variant = {"tasks": {"fused_mul9": {"trials": 12, "workload": "ffff"}}}
     written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
-                          SimpleNamespace(seed=0))
+                          SimpleNamespace(seed=0, drop_stale=False))
     assert written["tasks"]["fused_mul9"]["trials"] == 12 and written["trials_total"] == 60
+    written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
+                          SimpleNamespace(seed=0, drop_stale=True))  # tuning.drop_stale
+    assert list(written["tasks"]) == ["fused_add2"] and written["trials_total"] == 48
 
 
 def test_kernels_without_flops_are_negligible_only_when_they_take_no_time():
