@@ -231,7 +231,7 @@ def prune(folder: Path, keep: int = 1, rejected: frozenset[str] = frozenset(),
     if not (folder / RECORD_FILE).is_file():
         return 0, 0
     used = sorted(w for w in by_workload
-                  if workloads is None or workload_key(int(json.loads(lines[w])[0])) in workloads)
+                  if workloads is None or line_workload_key(lines[w]) in workloads)
     remap = {old: new for new, old in enumerate(used)}
     kept = []
     for old in used:
@@ -283,6 +283,11 @@ def workload_key(structural_hash: int) -> str:
     return f"{structural_hash & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+def line_workload_key(line: str) -> str:
+    """:func:`workload_key` of a line of ``database_workload.json`` (``[hash, IRModule]``)."""
+    return workload_key(int(json.loads(line)[0]))
+
+
 def fastest_by_workload(folder: Path) -> dict[str, float]:
     """Each workload's fastest measured record in a database, seconds.
 
@@ -296,7 +301,7 @@ def fastest_by_workload(folder: Path) -> dict[str, float]:
     fastest = {}
     for index, entries in by_workload.items():
         if math.isfinite(entries[0][0]):
-            fastest[workload_key(int(json.loads(workloads[index])[0]))] = entries[0][0]
+            fastest[line_workload_key(workloads[index])] = entries[0][0]
     return fastest
 
 

@@ -17,10 +17,10 @@ from compile.tuning_db import (
     RECORD_FILE,
     WORKLOAD_FILE,
     count_records,
+    line_workload_key,
     prune,
     read_provenance,
     repair,
-    workload_key,
 )
 from runner.manifest import read_manifest
 
@@ -145,7 +145,7 @@ def test_drop_stale_keeps_only_the_kernels_the_model_has(tiny_dir, tmp_path):
                                  f"++model.input_shapes={{x:[{batch},8,64]}}", *overrides))
 
     def workloads(folder) -> set[str]:
-        return {workload_key(int(json.loads(line)[0]))
+        return {line_workload_key(line)
                 for line in (folder / WORKLOAD_FILE).read_text().splitlines()}
 
     one = tune(1)
