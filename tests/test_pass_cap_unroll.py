@@ -56,3 +56,21 @@ def test_capped_code_is_smaller_and_computes_the_same():
 def test_negative_cap_is_refused():
     with pytest.raises(ValueError, match="max_steps"):
         CapUnroll(-1)
+
+
+def test_tuning_builds_candidates_with_the_compile_jobs_cap():
+    """Candidates are timed as the compile job builds them: capped when the target caps."""
+    from compile.ms_worker import build_candidate, candidate_module
+    from compile.tuning import _builder
+    from tests.conftest import compose
+
+    capped = candidate_module(_module(512, 16), 64)
+    tvm.ir.assert_structural_equal(capped, _module(64, 16))
+    tvm.ir.assert_structural_equal(candidate_module(_module(512, 16), None), _module(512, 16))
+
+    job = compose("model=mobilenet_v2", "target.max_unroll_steps=0")
+    build = _builder(job)
+    assert build.func is build_candidate and build.keywords == {"max_unroll_steps": 0}
+    lib = build(_module(512, 512), tvm.target.Target("llvm"), None)
+    assert len(lib.inspect_source("ll")) < len(tvm.compile(_module(512, 512), target="llvm")
+                                               .mod.inspect_source("ll"))
