@@ -644,12 +644,12 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
 
 
 def _builder(job: CompileJob) -> Callable:
-    """The builder workers' build function: candidates built (and so timed) as the compile
-    job builds kernels, with the target's unroll cap (``target.max_unroll_steps``).
+    """The builder workers' build function, with the target's unroll cap.
 
-    Tuned with the cap off and compiled with it on, a kernel can run far slower than its record
-    says: on Zen 5 one int8 1x1 convolution with a fused residual input took 150 us capped
-    at 64 steps against 56 us as tuned (512).
+    Candidates are built (and so timed) as the compile job builds kernels, with
+    ``target.max_unroll_steps``. Tuned with the cap off and compiled with it on, a kernel can
+    run far slower than its record says: on Zen 5 one int8 1x1 convolution with a fused
+    residual input took 150 us capped at 64 steps against 56 us as tuned (512).
     """
     return functools.partial(build_candidate, max_unroll_steps=job.target.max_unroll_steps)
 
