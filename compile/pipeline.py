@@ -35,6 +35,15 @@ def family(target: TargetConfig) -> str:
     return "gpu" if target.kind == TargetKind.cuda else "cpu"
 
 
+def unroll_cap(target: TargetConfig) -> int | None:
+    """The explicit-unrolling cap kernels are built with (``target.max_unroll_steps``, CPU only).
+
+    Applied after tuned schedules (:func:`post_tuning_passes`) and to the candidates the tuning
+    job times, so tuning records time the kernels that ship. None: unrolling as tuned.
+    """
+    return target.max_unroll_steps if family(target) == "cpu" else None
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """A named preparation pipeline made of phases.
@@ -206,7 +215,8 @@ def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
     """
     if family(target) != "cpu":
         return tvm.transform.Sequential([])
-    cap = [] if target.max_unroll_steps is None else [CapUnroll(target.max_unroll_steps)]
+    steps = unroll_cap(target)
+    cap = [] if steps is None else [CapUnroll(steps)]
     return tvm.transform.Sequential([
         *cap,
         relax.transform.SplitLayoutRewritePreproc(),

@@ -29,6 +29,7 @@ from . import _tvm
 from .config import CompileJob, TargetKind, TuningConfig, host_threads
 from .errors import ConfigError, TuningDatabaseError
 from .ms_worker import build_candidate
+from .pipeline import unroll_cap
 from .prepare import PreparedModel, database_folder, host_cpu_folder, prepare_model
 from .record_check import check_best_records
 from .tracking import Tracker, host_cpu_name
@@ -647,11 +648,11 @@ def _builder(job: CompileJob) -> Callable:
     """The builder workers' build function, with the target's unroll cap.
 
     Candidates are built (and so timed) as the compile job builds kernels, with
-    ``target.max_unroll_steps``. Tuned with the cap off and compiled with it on, a kernel can
-    run far slower than its record says: on Zen 5 one int8 1x1 convolution with a fused
-    residual input took 150 us capped at 64 steps against 56 us as tuned (512).
+    :func:`compile.pipeline.unroll_cap`. Tuned with the cap off and compiled with it on, a
+    kernel can run far slower than its record says: on Zen 5 one int8 1x1 convolution with a
+    fused residual input took 150 us capped at 64 steps against 56 us as tuned (512).
     """
-    return functools.partial(build_candidate, max_unroll_steps=job.target.max_unroll_steps)
+    return functools.partial(build_candidate, max_unroll_steps=unroll_cap(job.target))
 
 
 def _check_records(job: CompileJob, prepared: PreparedModel, folder: Path) -> list:

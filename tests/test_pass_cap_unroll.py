@@ -74,3 +74,6 @@ def test_tuning_builds_candidates_with_the_compile_jobs_cap():
     lib = build(_module(512, 512), tvm.target.Target("llvm"), None)
     assert len(lib.inspect_source("ll")) < len(tvm.compile(_module(512, 512), target="llvm")
                                                .mod.inspect_source("ll"))
+    # GPU kernels are built without the cap, so their candidates are too.
+    gpu = compose("model=mobilenet_v2", "target=cuda_sm80", "target.max_unroll_steps=0")
+    assert _builder(gpu).keywords == {"max_unroll_steps": None}
