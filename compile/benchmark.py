@@ -28,6 +28,7 @@ from .baselines import (
 from .config import Baseline, BenchJob, QuantScheme, host_threads
 from .errors import ConfigError
 from .job import run_compile
+from .pipeline import post_tuning_pass_names
 from .prepare import (
     PreparedModel,
     adopt_database_cpu,
@@ -110,6 +111,8 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
              and manifest["tuning"]["database_sha256"] == sha
              and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
              and manifest["pipeline"].get("max_unroll_steps") == job.target.max_unroll_steps
+             and manifest["pipeline"].get("post_tuning_passes")
+             == post_tuning_pass_names(job.target)
              and manifest["quantization"].get("settings") == quantized
              and manifest["verification"]["status"] == "passed")
     return folder if fresh else None

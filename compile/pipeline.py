@@ -213,17 +213,25 @@ def post_tuning_passes(target: TargetConfig) -> tvm.transform.Pass:
     kernel calls): ``CanonicalizeBindings`` passes the constants straight to the kernels and
     ``DeadCodeElimination`` drops the tuples.
     """
+    return tvm.transform.Sequential(_post_tuning_list(target))
+
+
+def _post_tuning_list(target: TargetConfig) -> list[tvm.transform.Pass]:
     if family(target) != "cpu":
-        return tvm.transform.Sequential([])
+        return []
     steps = unroll_cap(target)
     cap = [] if steps is None else [CapUnroll(steps)]
-    return tvm.transform.Sequential([
-        *cap,
-        relax.transform.SplitLayoutRewritePreproc(),
-        relax.transform.FoldConstant(),
-        relax.transform.CanonicalizeBindings(),
-        relax.transform.DeadCodeElimination(),
-    ])
+    return [*cap, relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+            relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()]
+
+
+def post_tuning_pass_names(target: TargetConfig) -> list[str]:
+    """Names of :func:`post_tuning_passes`, in order (recorded in artifact manifests).
+
+    An artifact built by another list (before a pass was added, say) is not the one the current
+    code would build: the bench job recompiles it.
+    """
+    return [p.info.name for p in _post_tuning_list(target)]
 
 
 def count_kernels(mod: tvm.IRModule) -> int:

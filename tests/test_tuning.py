@@ -252,6 +252,30 @@ def test_bench_job_reports_ours_and_onnxruntime(tuned):
     assert bench.tuning["tasks_tuned"] == 2
 
 
+def test_bench_rebuilds_an_artifact_that_older_post_tuning_passes_built(tuned, tmp_path):
+    """An artifact is reused only if the current code would build the same library."""
+    import json
+
+    from compile.benchmark import ensure_artifact
+    from compile.config import BenchJob
+
+    job, _ = tuned
+    bench_job = compose(*_overrides(job), f"paths.tune_logs_dir={job.paths.tune_logs_dir}",
+                        f"paths.artifacts_dir={tmp_path}/art", config="bench", schema=BenchJob)
+    folder, _ = ensure_artifact(bench_job)
+    manifest_path = folder / "manifest.json"
+    built = manifest_path.stat().st_mtime_ns
+    assert ensure_artifact(bench_job)[0] == folder
+    assert manifest_path.stat().st_mtime_ns == built  # current: reused
+    manifest = json.loads(manifest_path.read_text())
+    assert "CanonicalizeBindings" in manifest["pipeline"]["post_tuning_passes"]
+    manifest["pipeline"]["post_tuning_passes"].remove("CanonicalizeBindings")  # as before 94ce3b0
+    manifest_path.write_text(json.dumps(manifest))
+    ensure_artifact(bench_job)
+    assert manifest_path.stat().st_mtime_ns != built  # rebuilt
+    assert "CanonicalizeBindings" in read_manifest(folder)["pipeline"]["post_tuning_passes"]
+
+
 def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
     """A second model with the same first kernel starts from the first model's record."""
     from onnx import helper, numpy_helper
