@@ -254,8 +254,6 @@ def test_bench_job_reports_ours_and_onnxruntime(tuned):
 
 def test_bench_rebuilds_an_artifact_that_older_post_tuning_passes_built(tuned, tmp_path):
     """An artifact is reused only if the current code would build the same library."""
-    import json
-
     from compile.benchmark import ensure_artifact
     from compile.config import BenchJob
 
