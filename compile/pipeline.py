@@ -25,6 +25,7 @@ from .passes import (
     FoldConstantOperands,
     LowerQDQToInteger,
     PackPointwiseNHWC,
+    ScalarConstantOperands,
 )
 
 relax = _tvm.relax
@@ -142,7 +143,9 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
     it); ``fp16``: float16 compute with float32 accumulation (GPU targets). ``NHWC``: 2-D
     convolutions channels last (kernels OHWI), the imported Clips first made Relax operators
-    so the layout flows through them (``compile.passes.ClipToMaxMin``); with ``int8``, also
+    so the layout flows through them (``compile.passes.ClipToMaxMin``), and one-element
+    constants that would take an operator back to NCHW made scalars
+    (``compile.passes.ScalarConstantOperands``); with ``int8``, also
     the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
     1x1 convolutions packed channels last after the conversion
     (``compile.passes.PackPointwiseNHWC``), then the broadcast constants that hold one value
@@ -152,7 +155,8 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     empty = tvm.transform.Sequential([])
     before = [relax.transform.FoldConstant(), ClipToMaxMin(),
               *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
-    convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+    convert = [ScalarConstantOperands(),
+               relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
                *([relax.transform.FoldConstant(), PackPointwiseNHWC(), FoldConstantOperands(),
                   relax.transform.DeadCodeElimination()] if int8 else [])]
     return [

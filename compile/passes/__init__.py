@@ -7,6 +7,7 @@ from .dump_ir import DumpIR
 from .fold_constant_operands import FoldConstantOperands
 from .lower_qdq_to_integer import LowerQDQToInteger
 from .pack_pointwise_nhwc import PackPointwiseNHWC
+from .scalar_constant_operands import ScalarConstantOperands
 
 __all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "FoldConstantOperands",
-           "LowerQDQToInteger", "PackPointwiseNHWC"]
+           "LowerQDQToInteger", "PackPointwiseNHWC", "ScalarConstantOperands"]
