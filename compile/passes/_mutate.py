@@ -24,3 +24,17 @@ def rewrite_functions(mod: tvm.IRModule, rewriter, changed) -> tvm.IRModule:
     for gv, func in updates.items():
         rewriter.builder_.update_func(gv, func)
     return rewriter.builder_.get()
+
+
+def rewrite_counted(mod: tvm.IRModule, rewriter) -> tuple[tvm.IRModule, int]:
+    """:func:`rewrite_functions` with a rewriter that counts its rewrites in ``count``.
+
+    Returns
+    -------
+    mod : tvm.IRModule
+        The new module, or ``mod`` itself when nothing was rewritten.
+    count : int
+        ``rewriter.count`` after the visit.
+    """
+    new = rewrite_functions(mod, rewriter, lambda: rewriter.count > 0)
+    return new, rewriter.count

@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 
 from .. import _tvm
-from ._mutate import rewrite_functions
+from ._mutate import rewrite_counted
 
 _FUNCS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
@@ -72,7 +72,5 @@ class ClipToMaxMin:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
-        rewriter = _Rewriter(mod)
-        new = rewrite_functions(mod, rewriter, lambda: rewriter.count > 0)
-        self.rewritten = rewriter.count
+        new, self.rewritten = rewrite_counted(mod, _Rewriter(mod))
         return new

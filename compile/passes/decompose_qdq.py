@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 
 from .. import _tvm
-from ._mutate import rewrite_functions
+from ._mutate import rewrite_counted
 
 R = relax.op
 
@@ -100,7 +100,5 @@ class DecomposeQDQ:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
-        rewriter = _Rewriter(mod)
-        new = rewrite_functions(mod, rewriter, lambda: rewriter.count > 0)
-        self.rewritten = rewriter.count
+        new, self.rewritten = rewrite_counted(mod, _Rewriter(mod))
         return new

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 
 from .. import _tvm
-from ._mutate import rewrite_functions
+from ._mutate import rewrite_counted
 
 _OPS = frozenset(f"relax.{name}" for name in
                  ("add", "subtract", "multiply", "divide", "maximum", "minimum"))
@@ -91,7 +91,5 @@ class ScalarConstantOperands:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
-        rewriter = _Rewriter(mod)
-        new = rewrite_functions(mod, rewriter, lambda: rewriter.count > 0)
-        self.rewritten = rewriter.count
+        new, self.rewritten = rewrite_counted(mod, _Rewriter(mod))
         return new
