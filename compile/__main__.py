@@ -46,6 +46,9 @@ def summary(result: CompileResult) -> str:
             if bf16 is not None:
                 lines.append(f"           for scale: float32 weights rounded to bfloat16 alone "
                              f"drop {1 - bf16:.2%}")
+            if "match_stripped" in g:
+                lines.append(f"           text identical on {g['match_stripped']:.1%} of lines "
+                             "once leading/trailing spaces are stripped")
             if "top1_confident" in g:
                 lines.append(f"           top-1 agreement {g['top1_confident']:.1%} on the "
                              f"{g['confident_share']:.0%} of samples where float32's top-1 leads "

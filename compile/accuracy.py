@@ -6,7 +6,9 @@ Task metrics (int8 answers against float32 answers on the same inputs):
   Also reported, not gated: top-1 agreement on the samples where float32 itself is sure
   (``top1_confident``: top-1 minus top-2 softmax probability >= ``CONFIDENT_MARGIN``) and
   their share (``confident_share``); near ties flip under any perturbation of the logits;
-* text recognition: exact text match; drop = 1 - match rate;
+* text recognition: exact text match; drop = 1 - match rate. Also reported, not gated: the match
+  rate once leading and trailing spaces are stripped (``match_stripped``): CTC decoding may
+  read a space at the edge of a line, which is no text;
 * text direction: label agreement; drop = 1 - agreement;
 * text detection: mean IoU of the binarized probability maps and region-count agreement;
   drop = 1 - mean IoU;
@@ -111,7 +113,11 @@ def _compare(task: Task, ours: dict, ref: dict, metadata: dict[str, str]) -> tup
         union = np.logical_or(mask_a, mask_b).sum()
         iou = float(np.logical_and(mask_a, mask_b).sum() / union) if union else 1.0
         row = {"map_iou": iou, "regions": float(a["regions"] == b["regions"])}
-    elif task in (Task.text_recognition, Task.text_direction):
+    elif task == Task.text_recognition:
+        texts = [answer.get("text") for answer in (a, b)]
+        stripped = None not in texts and texts[0].strip() == texts[1].strip()
+        row = {"match": float(a == b), "match_stripped": float(a == b or stripped)}
+    elif task == Task.text_direction:
         row = {"match": float(a == b)}
     else:
         row = {"cosine": float(np.mean([_cosine(ours[k], ref[k]) for k in ref]))}

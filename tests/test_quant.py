@@ -204,6 +204,33 @@ def test_classification_gate_separates_near_ties():
     assert [d["sample"] for d in result.disagreements] == [1, 3]
 
 
+def test_recognition_gate_reports_edge_spaces_apart():
+    # CTC outputs over the characters ["blank", "a", "b", " "]: float32 reads "ab" four times;
+    # int8 reads "ab", "ab " (an edge space: no match, but a stripped match), "a b" and "b".
+    from compile.accuracy import evaluate
+    from compile.config import Task
+    from compile.datasets import SampleSet
+
+    def ctc(*indices):
+        probs = np.zeros((1, len(indices), 4), np.float32)
+        probs[0, np.arange(len(indices)), indices] = 1.0
+        return probs
+
+    ref = [ctc(1, 2, 0)] * 4
+    ours = [ctc(1, 2, 0), ctc(1, 2, 3), ctc(1, 3, 2), ctc(0, 2, 0)]
+    samples = SampleSet([{"i": np.array(i)} for i in range(4)], "four synthetic CTC outputs")
+    result = evaluate(Task.text_recognition, lambda s: {"y": ours[int(s["i"])]},
+                      lambda s: {"y": ref[int(s["i"])]}, samples, {"character": "a\nb"},
+                      max_drop=0.5)
+    assert result.metrics["match"] == 0.25 and result.drop == 0.75 and not result.passed
+    assert result.metrics["match_stripped"] == 0.5
+    assert [d["sample"] for d in result.disagreements] == [1, 2, 3]
+    # Without a character dictionary the answers are argmax lists: stripping means nothing.
+    bare = evaluate(Task.text_recognition, lambda s: {"y": ours[int(s["i"])]},
+                    lambda s: {"y": ref[int(s["i"])]}, samples, {}, max_drop=0.5)
+    assert bare.metrics["match_stripped"] == bare.metrics["match"] == 0.25
+
+
 def test_bf16_weights_rounds_float_constants_only():
     from compile.accuracy import bf16_weights
 
