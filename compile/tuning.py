@@ -310,7 +310,8 @@ def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
     A task is negligible when both its share of the model's FLOPs and its share of the
     estimated run time are under ``tuning.min_weight``: data-movement kernels (layout packing,
     transposes) have no FLOPs but can take time, or carry a measurement spoiled by noise that
-    only more trials replace.
+    only more trials replace. A task without a time (never measured, every candidate failed, or
+    every record rejected by the record check) is tuned: its time share is unknown, not zero.
     """
     total_flops = sum(s.flops * s.weight for s in stats) or 1.0
     total_us = sum((s.best_us or 0.0) * s.weight for s in stats) or 1.0
@@ -320,7 +321,7 @@ def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
         time_share = (task.best_us or 0.0) * task.weight / total_us
         if task.trials >= cfg.patience and task.since_improvement >= cfg.patience:
             task.skipped = f"converged: no gain in the last {task.since_improvement} trials"
-        elif task.trials > 0 and max(share, time_share) < cfg.min_weight:
+        elif task.trials > 0 and task.best_us and max(share, time_share) < cfg.min_weight:
             task.skipped = (f"negligible: {share:.2%} of the model's FLOPs, {time_share:.2%} "
                             "of its estimated time")
         else:
