@@ -423,14 +423,21 @@ def _row_sum(block: str):
     return tvm.IRModule({"main": row_sum.with_attr("global_symbol", "main")})
 
 
+def _record(sch, workload, seconds: float):
+    """A llvm tuning record of a schedule's trace, timed at ``seconds``."""
+    from compile import _tvm
+
+    return _tvm.ms.database.TuningRecord(
+        sch.trace, workload, [seconds], _tvm.Target("llvm"),
+        _tvm.ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
+
+
 def _record_for(mod, workload, block: str):
     from compile import _tvm
 
     sch = _tvm.Schedule(mod)
     sch.split(sch.get_loops(sch.get_sblock(block))[1], [None, 16])
-    return _tvm.ms.database.TuningRecord(
-        sch.trace, workload, [1e-5], _tvm.Target("llvm"),
-        _tvm.ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    return _record(sch, workload, 1e-5)
 
 
 def test_record_naming_other_blocks_is_dropped_not_the_database(tmp_path):
@@ -510,9 +517,7 @@ def _wrong_record(mod, workload):
     block = sch.get_sblock("red")
     sch.cache_write(block, 0, "global")
     sch.unsafe_set_dtype(block, 0, "int8")  # float sums truncated and wrapped
-    return _tvm.ms.database.TuningRecord(
-        sch.trace, workload, [1e-6], _tvm.Target("llvm"),
-        _tvm.ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    return _record(sch, workload, 1e-6)
 
 
 def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_path):
@@ -583,9 +588,7 @@ def test_a_record_is_not_rejected_for_nan_rows_its_kernel_as_written_has(tmp_pat
     sch = _tvm.Schedule(mod)
     _, inner = sch.split(sch.get_loops(sch.get_sblock("red"))[1], [None, 16])
     sch.rfactor(inner, 0)  # 16 partial sums: another summation order
-    record = _tvm.ms.database.TuningRecord(
-        sch.trace, workload, [1e-6], _tvm.Target("llvm"),
-        _tvm.ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    record = _record(sch, workload, 1e-6)
     target = _tvm.Target("llvm")
     _, written = _untuned(mod, target, seed=0)
     assert 0 < np.isnan(written[2]).sum() < written[2].size  # some rows NaN, not all
