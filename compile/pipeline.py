@@ -25,6 +25,7 @@ from .passes import (
     FoldConstantOperands,
     LowerQDQToInteger,
     PackPointwiseNHWC,
+    PropagateDequantize,
     ScalarConstantOperands,
 )
 
@@ -139,12 +140,14 @@ class Pipeline:
 def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     """Phase 1: graph-level rewrites on Relax operators, before lowering.
 
-    ``int8``: quantized conv2d/matmul into integer compute (QDQ models; 1x1 convolutions
-    packed for the AVX2 int8 intrinsic where the target has AVX2 and the weights cannot saturate
-    it); ``fp16``: float16 compute with float32 accumulation (GPU targets). ``NHWC``: 2-D
-    convolutions channels last (kernels OHWI), the imported Clips first made Relax operators
-    so the layout flows through them (``compile.passes.ClipToMaxMin``), and one-element
-    constants that would take an operator back to NCHW made scalars
+    ``int8``: quantized conv2d/matmul into integer compute (QDQ models; per-tensor dequantize
+    first moved past the data movement before them, ``compile.passes.PropagateDequantize``;
+    1x1 convolutions packed for the AVX2 int8 intrinsic where the target has AVX2 and the
+    weights cannot saturate it); ``fp16``: float16 compute with float32 accumulation (GPU
+    targets). ``NHWC``: 2-D convolutions channels last (kernels OHWI), the imported Clips
+    first made Relax operators so the layout flows through them
+    (``compile.passes.ClipToMaxMin``), and one-element constants that would take an operator
+    back to NCHW made scalars
     (``compile.passes.ScalarConstantOperands``); with ``int8``, also
     the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
     1x1 convolutions packed channels last after the conversion
@@ -160,7 +163,8 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
                *([relax.transform.FoldConstant(), PackPointwiseNHWC(), FoldConstantOperands(),
                   relax.transform.DeadCodeElimination()] if int8 else [])]
     return [
-        LowerQDQToInteger(layout_convertible=nhwc) if int8 else empty,
+        *([PropagateDequantize(), LowerQDQToInteger(layout_convertible=nhwc)] if int8
+          else [empty]),
         *(before if nhwc else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),

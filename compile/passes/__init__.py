@@ -7,7 +7,9 @@ from .dump_ir import DumpIR
 from .fold_constant_operands import FoldConstantOperands
 from .lower_qdq_to_integer import LowerQDQToInteger
 from .pack_pointwise_nhwc import PackPointwiseNHWC
+from .propagate_dequantize import PropagateDequantize
 from .scalar_constant_operands import ScalarConstantOperands
 
 __all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "FoldConstantOperands",
-           "LowerQDQToInteger", "PackPointwiseNHWC", "ScalarConstantOperands"]
+           "LowerQDQToInteger", "PackPointwiseNHWC", "PropagateDequantize",
+           "ScalarConstantOperands"]

@@ -5,8 +5,9 @@ ONNX QDQ models import into Relax as float compute between ``dequantize`` and ``
 
     quantize(act(conv2d|matmul(dequantize(x_q), dequantize(W_q)) [+ dequantize(b_q)]), s_y, z_y)
 
-where ``act`` is nothing, ReLU, ReLU6/Clip or max/min with constants (``dequantize(x_q)`` may be
-flattened by a reshape, as before a Gemm), into
+where ``act`` is nothing, ReLU, ReLU6/Clip or max/min with constants (run ``PropagateDequantize``
+first: it moves ``dequantize(x_q)`` past the reshapes, transposes and concats between it and the
+op, as the flatten before a Gemm), into
 
     y_q = clip(round(float(conv2d|matmul(x_q, W_q, out_dtype=int32) + c) * m) + z_y, lo, hi)
 
@@ -57,12 +58,9 @@ class _Patterns:
         dq = lambda data: is_op("relax.dequantize")(data, is_const(), is_const())  # noqa: E731
         self.dq_x, self.dq_w, self.dq_b = dq(self.x), dq(self.w), dq(self.b)
         self.conv = is_op("relax.nn.conv2d")(self.dq_x, self.dq_w)
-        # Flatten before Gemm: reshape commutes with a per-tensor dequantize.
-        self.flat_x = is_op("relax.reshape")(self.dq_x, wildcard())
-        mm_x = self.dq_x | self.flat_x
-        self.matmul = is_op("relax.matmul")(mm_x, self.dq_w)
+        self.matmul = is_op("relax.matmul")(self.dq_x, self.dq_w)
         self.w_t = is_op("relax.permute_dims")(self.dq_w)
-        self.matmul_t = is_op("relax.matmul")(mm_x, self.w_t)
+        self.matmul_t = is_op("relax.matmul")(self.dq_x, self.w_t)
         core = self.conv | self.matmul | self.matmul_t
         self.core = core
         self.float_b = is_const()  # float bias (NNCF leaves biases float)
@@ -199,10 +197,7 @@ class LowerQDQToInteger:
             return None
         channels = weights.shape[1]
         scale_w = np.broadcast_to(s_w.reshape(-1).astype(np.float64), (channels,))
-        data = m[p.x]
-        if p.flat_x in m:
-            data = R.reshape(data, m[p.flat_x].args[1])
-        acc = R.matmul(data, relax.const(np.ascontiguousarray(weights)), out_dtype="int32")
+        acc = R.matmul(m[p.x], relax.const(np.ascontiguousarray(weights)), out_dtype="int32")
         offset = -np.round(zx.reshape(-1)[0]) * weights.astype(np.int64).sum(axis=0)
         return acc, sx.reshape(-1)[0] * scale_w, offset, (channels,), None
 
