@@ -27,7 +27,8 @@ def summary(result: CompileResult) -> str:
                      f"{q['float_nodes']} kept float; library {q['library_bytes'] / 1e6:.2f} MB "
                      f"= {q['library_vs_fp32_weights']:.2f}x the fp32 weights")
         if q.get("packed_pointwise") or q.get("saturating_pointwise"):
-            line = f"x86 dot    {q['packed_pointwise']} 1x1 convs on {q['dot_intrinsic']}"
+            line = (f"x86 dot    {q['packed_pointwise']} 1x1 convs and matmuls on "
+                    f"{q['dot_intrinsic']}")
             if q["saturating_pointwise"]:
                 line += (f", {q['saturating_pointwise']} left (weights could saturate "
                          "vpmaddubsw: quant.reduce_range=true makes 7-bit weights)")

@@ -154,6 +154,46 @@ def test_avx512_targets_pack_16_output_channels_where_they_divide(out_ch, intrin
     np.testing.assert_array_equal(_run(packed, x), _run(_nhwc_pointwise("uint8", weights), x))
 
 
+def _int8_matmul(dtype: str, weights: np.ndarray, lead: tuple = (1, 2, 3)):
+    """matmul(x: dtype [..., M, K], W: int8 const [K, N], out_dtype=int32), as LowerQDQToInteger
+    emits a quantized Gemm or ppocr_rec's CTC head ([1, 1, 40, 120] x [120, 6625])."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([*lead, weights.shape[0]], dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(R.matmul(x, relax.const(weights), out_dtype="int32"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("lead", [(1, 2, 3), (1, 1, 6)])  # (1, 1, M): no reshapes
+@pytest.mark.parametrize(("dtype", "low", "high"), [("uint8", 0, 256), ("int8", -128, 128)])
+@pytest.mark.parametrize(("out_features", "intrinsic", "tiles"), [
+    (32, AVX512_CHANNEL_DOT_16x4, 2), (24, VNNI_CHANNEL_DOT_8x4, 3)])
+def test_packed_matmul_is_identical_to_the_integer_matmul(lead, dtype, low, high,
+                                                         out_features, intrinsic, tiles):
+    weights = RNG.integers(-128, 128, (12, out_features)).astype(np.int8)
+    before = _int8_matmul(dtype, weights, lead)
+    packed, pack = _pack(before, ZEN4)
+    assert pack.packed_by == {intrinsic: 1}
+    assert "relax.matmul" not in _calls(packed)
+    dot = next(f for gv, f in packed.functions.items() if CHANNEL_DOT_PREFIX in gv.name_hint)
+    assert [int(v) for v in dot.params[1].shape] == [tiles, 3, INTRINSIC_LANES[intrinsic], 4]
+    assert ("relax.reshape" in _calls(packed)) == (lead != (1, 1, 6))
+    x = RNG.integers(low, high, (*lead, 12)).astype(dtype)
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
+
+
+@pytest.mark.parametrize(("k", "n", "lead"), [
+    (10, 16, (1, 2, 3)),  # K not a multiple of 4
+    (12, 21, (1, 2, 3)),  # N not a multiple of 8 (ppocr_rec's 6625-class head)
+    (12, 16, (1, 1))])  # one row: a matrix-vector product
+def test_matmuls_the_packed_form_does_not_take_stay(k, n, lead):
+    weights = RNG.integers(-128, 128, (k, n)).astype(np.int8)
+    packed, pack = _pack(_int8_matmul("uint8", weights, lead), ZEN4)
+    assert pack.packed == 0 and "relax.matmul" in _calls(packed)
+
+
 def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
     weights = RNG.integers(-64, 65, (12, 1, 1, 12)).astype(np.int8)  # 12 outputs: not 8k
     packed, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)
