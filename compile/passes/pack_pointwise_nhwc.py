@@ -259,7 +259,7 @@ class PackPointwiseNHWC:
         Convolutions and matmuls packed by the last run, and those left because their weights
         could saturate ``vpmaddubsw`` (targets without VNNI).
     packed_by : dict of str to int
-        Convolutions packed by the last run, by intrinsic.
+        Convolutions and matmuls packed by the last run, by intrinsic.
     """
 
     def __init__(self) -> None:
