@@ -43,6 +43,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from ._mutate import rewrite_each_function
 from .pointwise_int8 import PointwisePacker
 
 R = relax.op
@@ -125,25 +126,18 @@ class LowerQDQToInteger:
         patterns = _Patterns()
         builder = relax.BlockBuilder(mod)  # the packed convolutions' PrimFuncs go here
         self._packer = PointwisePacker(builder)
-        updates = {}
-        for gv, func in mod.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
+
+        def rewrite(func: relax.Function) -> relax.Function:
             # Requantized outputs first; then integer ops whose output stays float.
-            new = relax.dpl.rewrite_call(
+            func = relax.dpl.rewrite_call(
                 patterns.out, lambda c, m: self._requantized(c, m, patterns), func)
-            new = relax.dpl.rewrite_call(
-                patterns.core, lambda c, m: self._dequantized(c, m, patterns), new)
-            if not new.same_as(func):
-                updates[gv] = new
+            return relax.dpl.rewrite_call(
+                patterns.core, lambda c, m: self._dequantized(c, m, patterns), func)
+
+        new = rewrite_each_function(mod, rewrite, base=builder.get)
         self.intrinsic = None if self.layout_convertible else self._packer.intrinsic
         self.packed, self.saturating = self._packer.packed, self._packer.saturating
-        if not updates:
-            return mod
-        mod = builder.get()
-        for gv, func in updates.items():
-            mod[gv] = func
-        return relax.transform.Normalize()(mod)
+        return new
 
     def _requantized(self, call, m, p: _Patterns):
         core = self._integer_core(m, p)

@@ -11,7 +11,7 @@ slowest kernel of the int8 model at 11 % of the run). This pass rewrites
     concat(dequantize(a_q, s, z), dequantize(b_q, s, z), ...)
         -> dequantize(concat(a_q, b_q, ...), s, z)
 
-until none is left, so the integer pattern sees the dequantize right before its consumer. Moved
+until nothing matches, so the integer pattern sees the dequantize right before its consumer. Moved
 only when the scale and the zero point are one value each (per tensor), and for ``concat`` when
 every input is dequantized with the same scale, zero point and dtype (NNCF unifies the scales of
 a concat's inputs). Data movement commutes with an elementwise map: the result is the same, bit
@@ -26,14 +26,14 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
+from ._mutate import rewrite_each_function
+
 R = relax.op
 
 #: Data-movement operators a per-tensor dequantize commutes with (one tensor input, first).
 MOVES = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims")
 #: The most inputs of a concat this pass looks at.
 MAX_CONCAT = 4
-#: Rounds of rewriting (each moves a dequantize past one operator); a chain is rarely longer.
-MAX_ROUNDS = 8
 
 
 def _dequantize():
@@ -54,16 +54,23 @@ def _moved(dq: relax.Call, data: relax.Expr) -> relax.Expr:
 class _Rewrites:
     def __init__(self) -> None:
         self.count = 0
+        self.concat_op = tvm.ir.Op.get("relax.concat")
         self.move_dq = _dequantize()
-        self.move = None
-        for name in MOVES:
-            pattern = is_op(name)(self.move_dq) | is_op(name)(self.move_dq, wildcard())
-            self.move = pattern if self.move is None else self.move | pattern
         self.concat_dqs = [_dequantize() for _ in range(MAX_CONCAT)]
-        self.concat = None
-        for n in range(2, MAX_CONCAT + 1):
-            pattern = is_op("relax.concat")(is_tuple(self.concat_dqs[:n]))
-            self.concat = pattern if self.concat is None else self.concat | pattern
+        # One pattern for both kinds: ``rewrite_call`` repeats until nothing matches, so a
+        # dequantize moved past a concat moves on past the reshapes after it, and vice versa.
+        alternatives = [is_op(name)(self.move_dq, *rest)
+                        for name in MOVES for rest in ((), (wildcard(),))]
+        alternatives += [is_op("relax.concat")(is_tuple(self.concat_dqs[:n]))
+                         for n in range(2, MAX_CONCAT + 1)]
+        self.pattern = alternatives[0]
+        for alternative in alternatives[1:]:
+            self.pattern = self.pattern | alternative
+
+    def rewrite(self, call, m):
+        if call.op.same_as(self.concat_op):
+            return self.concat_all(call, m)
+        return self.move_one(call, m)
 
     def move_one(self, call, m):
         dq = m[self.move_dq]
@@ -107,23 +114,7 @@ class PropagateDequantize:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
         rewrites = _Rewrites()
-        updates = {}
-        for gv, func in mod.functions.items():
-            if not isinstance(func, relax.Function):
-                continue
-            new = func
-            for _ in range(MAX_ROUNDS):
-                before = rewrites.count
-                new = relax.dpl.rewrite_call(rewrites.move, rewrites.move_one, new)
-                new = relax.dpl.rewrite_call(rewrites.concat, rewrites.concat_all, new)
-                if rewrites.count == before:
-                    break
-            if not new.same_as(func):
-                updates[gv] = new
+        new = rewrite_each_function(
+            mod, lambda func: relax.dpl.rewrite_call(rewrites.pattern, rewrites.rewrite, func))
         self.moved = rewrites.count
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod[gv] = func
-        return relax.transform.Normalize()(mod)
+        return new
