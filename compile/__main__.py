@@ -23,7 +23,11 @@ def summary(result: CompileResult) -> str:
     ]
     q = result.quantization
     if q.get("scheme") == "int8":
-        lines.append(f"quant      int8: {q['integer_ops']} conv2d/matmul in integers, "
+        settings = q.get("settings", {})
+        kind = ("int8" if settings.get("activation_type") != "int16" else
+                f"int8 weights, 16-bit activations ({settings['activation_margin']:g}x the "
+                "calibrated ranges)")
+        lines.append(f"quant      {kind}: {q['integer_ops']} conv2d/matmul in integers, "
                      f"{q['float_nodes']} kept float; library {q['library_bytes'] / 1e6:.2f} MB "
                      f"= {q['library_vs_fp32_weights']:.2f}x the fp32 weights")
         if q.get("packed_pointwise") or q.get("saturating_pointwise"):

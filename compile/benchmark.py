@@ -76,7 +76,7 @@ class BenchResult:
     tuning: dict[str, Any]
     versions: dict[str, str | None] = field(default_factory=dict)
     run_id: str | None = None
-    ours: str = OURS  # the engine name of the artifact under test ("tvm", "tvm-int8")
+    ours: str = OURS  # engine name of the artifact under test: tvm, tvm-int8, tvm-int8-a16
 
     def best(self, engine: str) -> BenchRow | None:
         """The engine's fastest row over thread counts (by p50)."""
@@ -183,8 +183,9 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
     same model bytes, pipeline, quantization and tuning database and passed verification;
     otherwise it is compiled first (the compile job, with verification). With ``quant=int8`` the
     rows also hold the float32 artifact, ONNX Runtime/OpenVINO running the same QDQ model
-    with their own int8 kernels, and OpenVINO at its default precision where that is reduced
-    (``openvino-bf16`` on CPUs with AVX-512 BF16).
+    with their own int8 kernels (with ``quant.activation_type=int16``, our row is
+    ``tvm-int8-a16`` and theirs run the 8-bit model it was widened from), and OpenVINO at its
+    default precision where that is reduced (``openvino-bf16`` on CPUs with AVX-512 BF16).
 
     Returns
     -------
@@ -203,16 +204,19 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
     artifact, prepared = ensure_artifact(job)
     manifest = read_manifest(artifact)
     int8 = job.quant.scheme == QuantScheme.int8
+    wide = int8 and job.quant.activation_type == "int16"
     fp32_artifact = None
     if int8:
         fp32_job = replace(job, quant=replace(job.quant, scheme=QuantScheme.none))
         fp32_artifact, _ = ensure_artifact(fp32_job)
     inputs = prepared.sample.inputs
     onnx_path = prepared.imported.onnx_path
-    qdq_path = prepared.quantized.path if int8 else None
+    # ONNX Runtime's and OpenVINO's int8 kernels run the 8-bit QDQ model (with 16-bit
+    # activations, the one they were widened from)
+    qdq_path = prepared.quantized.int8_path if int8 else None
     batch = prepared.imported.inputs[0].shape[0] if prepared.imported.inputs[0].shape else 1
     thread_counts = list(cfg.threads) or sorted({1, host_threads()})
-    ours = f"{OURS}-int8" if int8 else OURS
+    ours = OURS if not int8 else f"{OURS}-int8" + ("-a16" if wide else "")
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as tmp:
         untuned_dir = None

@@ -295,8 +295,9 @@ class QuantConfig:
     """Quantization of the compile job (``quant=none`` keeps float32).
 
     ``int8``: static post-training quantization by NNCF or ONNX Runtime's calibrator (QDQ),
-    weights int8 symmetric per channel, activations uint8 or int8; the Relax pass
-    ``LowerQDQToInteger`` then computes quantized convolutions and matmuls in integers.
+    weights int8 symmetric per channel, activations uint8 or int8 (or int16: calibrated at 8 bits,
+    then stored in 16 bits over ``activation_margin`` times the calibrated range); the Relax
+    pass ``LowerQDQToInteger`` then computes quantized convolutions and matmuls in integers.
     ``fp16``/``bf16``: mixed precision for CUDA targets.
     """
 
@@ -305,7 +306,9 @@ class QuantConfig:
     method: CalibrationMethod = CalibrationMethod.minmax
     percentile: float = 99.999  # method=percentile
     per_channel: bool = True
-    activation_type: str = "uint8"  # uint8 (asymmetric) or int8 (symmetric)
+    activation_type: str = "uint8"  # uint8 (asymmetric), int8 (symmetric) or int16 (16-bit)
+    # int16 activations: this many times the calibrated range (null: 4 for int16, else 1)
+    activation_margin: float | None = None
     reduce_range: bool = False  # 7-bit weights: exact AVX2 vpmaddubsw (no VNNI) kernels
     model_type: str | None = None  # nncf calibrator: null (CNNs) or transformer (SmoothQuant)
     bias_correction: str = "full"  # nncf calibrator: full | fast | none
@@ -319,9 +322,19 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop <= 1.0:
             raise ConfigError(f"quant.max_drop must be in [0, 1], got {self.max_drop}")
-        if self.activation_type not in ("uint8", "int8"):
-            raise ConfigError("quant.activation_type must be uint8 or int8, got "
+        if self.activation_type not in ("uint8", "int8", "int16"):
+            raise ConfigError("quant.activation_type must be uint8, int8 or int16, got "
                               f"{self.activation_type!r}")
+        if self.activation_type == "int16" and self.calibrator != Calibrator.nncf:
+            raise ConfigError("quant.activation_type=int16 widens NNCF's calibration (ONNX "
+                              "Runtime's calibrator folds ReLU6/Clip into quantizers whose "
+                              "clipping a wider range would lose): set quant.calibrator=nncf")
+        if self.activation_margin is None:
+            self.activation_margin = 4.0 if self.activation_type == "int16" else 1.0
+        if self.activation_margin < 1.0 or (self.activation_margin != 1.0
+                                            and self.activation_type != "int16"):
+            raise ConfigError("quant.activation_margin must be >= 1 and widens 16-bit activations "
+                              f"only (quant.activation_type=int16), got {self.activation_margin}")
         if self.keep_float_worst < 0:
             raise ConfigError("quant.keep_float_worst must be >= 0")
         if self.model_type not in (None, "transformer"):

@@ -36,10 +36,13 @@ def int8_overrides(npz_dir, *extra):
             "quant.validation.source=npz", f"quant.validation.path={npz_dir}/val.npz", *extra]
 
 
-@pytest.mark.parametrize("calibrator", ["nncf", "onnxruntime"])
-def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator):
+@pytest.mark.parametrize(("calibrator", "activations"), [
+    ("nncf", "uint8"), ("onnxruntime", "uint8"), ("nncf", "int16")])
+def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator, activations):
+    margin = ["quant.activation_margin=2"] if activations == "int16" else []
     job = job_for(tiny_dir / "conv_bn_relu.onnx",
-                  *int8_overrides(npz, f"quant.calibrator={calibrator}", "quant.max_drop=0.05"))
+                  *int8_overrides(npz, f"quant.calibrator={calibrator}", "quant.max_drop=0.05",
+                                  f"quant.activation_type={activations}", *margin))
     result = run_compile(job)
     assert result.artifact_dir.name == "int8" and result.artifact_dir.parent.name == "x86_64"
     assert result.verification["status"] == "passed"
@@ -47,6 +50,8 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
     quant = read_manifest(result.artifact_dir)["quantization"]
     assert quant["scheme"] == "int8" and quant["integer_ops"] == 2
     assert quant["settings"]["calibrator"] == calibrator
+    assert quant["settings"]["activation_type"] == activations
+    assert quant["settings"]["activation_margin"] == (2.0 if margin else None)
     assert quant["gate"]["passed"] and quant["gate"]["metric"] == "cosine"
     assert "32 samples" in quant["calibration"] and "12 samples" in quant["gate"]["validation"]
     # bf16-rounded weights perturb far less than int8: cosine nearer 1 than the int8 artifact's
@@ -107,6 +112,16 @@ def test_nothing_to_quantize_is_said(tmp_path, job_for, npz):
 def test_max_drop_out_of_range(override):
     with pytest.raises(ConfigError, match="max_drop"):
         compose("model=ppocr_cls", "quant=int8", override)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["quant.activation_type=int4"],
+    ["quant.activation_margin=2"],  # with 8-bit activations
+    ["quant.activation_type=int16", "quant.activation_margin=0.5"],
+    ["quant.activation_type=int16", "quant.calibrator=onnxruntime"]])
+def test_bad_activation_settings(overrides):
+    with pytest.raises(ConfigError, match="quant.activation_"):
+        compose("model=ppocr_cls", "quant=int8", *overrides)
 
 
 def test_fp16_is_for_cuda_and_bf16_is_refused(tiny_dir, job_for):
@@ -325,3 +340,26 @@ def test_keep_float_worst_retries_with_the_most_sensitive_layer(tiny_dir, job_fo
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.data.params["quant.kept_float"] == str([worst])
     assert run.data.tags["attempt"] == "2"
+
+
+def test_int16_activations_widen_the_8bit_model(tiny_dir, job_for, npz):
+    """quant.activation_type=int16 (margin 4 by default) widens the cached 8-bit QDQ model,
+    which benchmarks give ONNX Runtime's and OpenVINO's int8 kernels."""
+    import onnx
+
+    from compile.prepare import prepare_model
+
+    job = job_for(tiny_dir / "conv_bn_relu.onnx",
+                  *int8_overrides(npz, "quant.activation_type=int16"))
+    quantized = prepare_model(job.model, job.target, job.quant, job.paths).quantized
+    assert quantized.settings["activation_margin"] == 4.0
+    assert quantized.int8_path != quantized.path
+
+    def activation_zero_points(path):
+        model = onnx.load(str(path))
+        zero_points = {n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        return {numpy_helper.to_array(i).dtype.name for i in model.graph.initializer
+                if i.name in zero_points}
+
+    assert "uint8" in activation_zero_points(quantized.int8_path) <= {"uint8", "int8"}
+    assert activation_zero_points(quantized.path) <= {"int16", "uint16"}

@@ -73,7 +73,7 @@ class _Rewriter(relax.PyExprMutator):
             self.count += 1
             centred = R.subtract(R.astype(x, "int32"), relax.const(z.astype(np.int32)))
             return R.multiply(R.astype(centred, "float32"), relax.const(s.astype(np.float32)))
-        if str(x_type.dtype) != "float32" or out_dtype not in ("uint8", "int8"):
+        if str(x_type.dtype) != "float32" or out_dtype not in ("uint8", "int8", "int16", "uint16"):
             return call
         self.count += 1
         info = np.iinfo(np.dtype(out_dtype))
