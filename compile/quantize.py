@@ -328,33 +328,34 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
     key = hashlib.sha256(json.dumps([onnx_sha256, params], sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir) / "quant" / f"{key[:20]}.qdq.onnx"
     start = time.perf_counter()
-    base = None
+    base = qdq = None
     if cfg.activation_type == "int16":
         # Calibrated at 8 bits (cached as such); widening is cheap and done on every run, so a
         # cached 16-bit model is never older than widen_activations.
         base = quantize(fp32, onnx_sha256, replace(cfg, activation_type="uint8",
                                                    activation_margin=None),
                         calibration, cache_dir, exclude)
-    if base is not None or not path.is_file():
+        qdq = onnx.ModelProto()
+        qdq.CopyFrom(base.model)
+        log.info("16-bit activations: %d quantizers widened (margin %g)",
+                 widen_activations(qdq, cfg.activation_margin), cfg.activation_margin)
+    if qdq is not None or not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             out, source = Path(tmp) / "model.onnx", Path(tmp) / "fp32.onnx"
-            if base is not None:
-                model = onnx.load(str(base.path))
-                log.info("16-bit activations: %d quantizers widened (margin %g)",
-                         widen_activations(model, cfg.activation_margin), cfg.activation_margin)
-                onnx.save(model, str(out))
-            elif cfg.calibrator == Calibrator.nncf:
-                log.info("calibrating with nncf on %d samples (%s)", len(calibration),
-                         cfg.method.value)
-                _nncf_quantize(fp32, out, cfg, calibration, exclude)
+            if qdq is not None:
+                onnx.save(qdq, str(out))
             else:
-                log.info("calibrating with onnxruntime on %d samples (%s)", len(calibration),
-                         cfg.method.value)
-                onnx.save(fp32, str(source))  # quantize_static changes a ModelProto it is given
-                _onnxruntime_quantize(source, out, cfg, calibration, exclude)
+                log.info("calibrating with %s on %d samples (%s)", cfg.calibrator.value,
+                         len(calibration), cfg.method.value)
+                if cfg.calibrator == Calibrator.nncf:
+                    _nncf_quantize(fp32, out, cfg, calibration, exclude)
+                else:
+                    onnx.save(fp32, str(source))  # quantize_static changes a ModelProto it is given
+                    _onnxruntime_quantize(source, out, cfg, calibration, exclude)
             out.replace(path)
-    qdq = onnx.load(str(path))
+    if qdq is None:
+        qdq = onnx.load(str(path))
     quantized, kept = _quantized_nodes(qdq)
     if not quantized:
         raise QuantizationError("nothing was quantized: every Conv/MatMul/Gemm stayed float "

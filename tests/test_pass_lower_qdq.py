@@ -219,10 +219,11 @@ def _integer_against_onnxruntime(qdq: onnx.ModelProto, data_dtypes: list[str]) -
     lower = LowerQDQToInteger()
     mod = lower(from_onnx(qdq, shape_dict={"x": [1, 3, 16, 16]}))
     assert lower.rewritten == ["conv2d", "conv2d"]
-    convs = [b for f in mod.functions.values() if isinstance(f, relax.Function)
-             for b in f.body.blocks for b in b.bindings
-             if isinstance(b.value, relax.Call) and b.value.op.name == "relax.nn.conv2d"]
-    assert [str(b.value.args[0].ty.dtype) for b in convs] == data_dtypes
+    convs = [binding.value for f in mod.functions.values() if isinstance(f, relax.Function)
+             for block in f.body.blocks for binding in block.bindings
+             if isinstance(binding.value, relax.Call)
+             and binding.value.op.name == "relax.nn.conv2d"]
+    assert [str(conv.args[0].ty.dtype) for conv in convs] == data_dtypes
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(qdq.SerializeToString(), options,
