@@ -125,7 +125,7 @@ def export(executable: Any, path: Path, cfg: TargetConfig) -> None:
 
 #: x86 instructions that show integer dot products (vpdpbusd: AVX-512/AVX VNNI; vpmaddubsw +
 #: vpmaddwd: AVX2/AVX-512BW u8 x s8 and i16 x i16 multiply-adds) and float FMAs, for reports.
-X86_MNEMONICS = ("vpdpbusd", "vpmaddubsw", "vpmaddwd", "vfmadd231ps", "vfmadd213ps")
+X86_MNEMONICS = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd", "vfmadd231ps", "vfmadd213ps")
 
 
 def instruction_counts(library: Path, mnemonics: tuple[str, ...] = X86_MNEMONICS) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Tensor intrinsics of this project: 8 × 4 and 16 × 4 uint8 × int8 dot products for x86 CPUs.
+"""Tensor intrinsics of this project: uint8 × int8 and int16 × int8 dot products for x86 CPUs.
 
 TVM 0.27 ships x86 int8 intrinsics for AVX-512 VNNI (``vpdpbusd``) and AVX-512BW
 (``vpmaddubsw`` on 512-bit registers) only (``tvm.s_tir.tensor_intrin.x86``), both with the
@@ -29,9 +29,17 @@ one 512-bit ``vpdpbusd`` for 16 output channels × 4 input channels), which doub
 products per instruction where the CPU executes 512-bit operations at full width (AMD Zen 5,
 Intel server cores); :func:`channel_intrinsics` lists a target's channel forms, widest first.
 
+For 16-bit activations (``quant.activation_type=int16``) there is one channel form,
+:data:`AVX512_CHANNEL_DOT_I16_16x2`: ``C[i] += sum_k int16(A[k]) * int8(B[i, k])`` for 16
+output channels × 2 input channels, on one 512-bit ``vpdpwssd`` (AVX-512 VNNI: 16 int32 lanes,
+each adding two int16 × int16 products, without saturation). The weights stay int8 in memory
+(32 adjacent bytes) and are sign-extended by one ``vpmovsxbw``; A is one pixel's 2 adjacent
+int16 channels, broadcast. Exact for any int16 data and int8 weights as long as the int32 sum
+does not wrap.
+
 :func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel
-Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16``, ``_mm256_dpbusd_epi32``
-and ``_mm512_dpbusd_epi32``.
+Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16``, ``_mm256_dpbusd_epi32``,
+``_mm512_dpbusd_epi32``, ``_mm512_dpwssd_epi32`` and ``_mm512_cvtepi8_epi16``.
 """
 
 from __future__ import annotations
@@ -54,11 +62,17 @@ VNNI_CHANNEL_DOT_8x4 = "channel_dot_8x4_u8i8i32_vnni"
 #: The channel form on one 512-bit ``vpdpbusd``: 16 output channels (B: 16 × 4 int8, 64
 #: contiguous bytes) per call, for AVX-512 VNNI.
 AVX512_CHANNEL_DOT_16x4 = "channel_dot_16x4_u8i8i32_avx512vnni"
-#: Lanes (int32 outputs) and reduction elements per intrinsic call (the 16-lane form aside).
+#: The channel form for 16-bit data on one 512-bit ``vpdpwssd``: ``C[i] += sum_k int16(A[k]) *
+#: int8(B[i, k])`` (A: 2 int16 broadcast; B: 16 × 2 int8, 32 contiguous bytes), AVX-512 VNNI.
+AVX512_CHANNEL_DOT_I16_16x2 = "channel_dot_16x2_i16i8i32_avx512vnni"
+#: Lanes (int32 outputs) and reduction elements per intrinsic call (the 16-lane forms aside).
 LANES, REDUCE = 8, 4
 #: Lanes of each intrinsic.
 INTRINSIC_LANES = {AVX2_DOT_8x4: 8, VNNI_DOT_8x4: 8, AVX2_CHANNEL_DOT_8x4: 8,
-                   VNNI_CHANNEL_DOT_8x4: 8, AVX512_CHANNEL_DOT_16x4: 16}
+                   VNNI_CHANNEL_DOT_8x4: 8, AVX512_CHANNEL_DOT_16x4: 16,
+                   AVX512_CHANNEL_DOT_I16_16x2: 16}
+#: Reduction elements per call where they are not :data:`REDUCE` (the 16-bit channel form: 2).
+INTRINSIC_REDUCE = {AVX512_CHANNEL_DOT_I16_16x2: 2}
 
 
 @T.prim_func(s_tir=True)
@@ -111,18 +125,18 @@ def _dot_8x4_vnni(A: T.Buffer((4,), "int8", offset_factor=1),
             T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"), dtype="int32x8")
 
 
-def _channel_dot_desc(lanes: int):
-    """The channel form's description for ``lanes`` output channels."""
+def _channel_dot_desc(lanes: int, reduce: int = REDUCE, data: str = "uint8"):
+    """The channel form's description: ``lanes`` output channels, ``reduce`` ``data`` inputs."""
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def desc(A: T.Buffer((reduce,), data, offset_factor=1),
+             B: T.Buffer((lanes, reduce), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:reduce], B[0:lanes, 0:reduce])
             T.writes(C[0:lanes])
             for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
+                for k in T.serial(0, reduce):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
@@ -168,6 +182,22 @@ def _channel_dot_vnni(lanes: int):
     return impl
 
 
+@T.prim_func(s_tir=True)
+def _channel_dot_16x2_i16(A: T.Buffer((2,), "int16", offset_factor=1),
+                          B: T.Buffer((16, 2), "int8", offset_factor=1),
+                          C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        # vpdpwssd(acc, int16 pairs, int16 pairs); LLVM 22 (TVM 0.27) declares them <32 x i16>.
+        # The int8 weights widen with one vpmovsxbw.
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
+            C.vload([0], dtype="int32x16"), T.reinterpret(T.broadcast(a_i32, 16), dtype="int16x32"),
+            T.cast(B.vload([0, 0], dtype="int8x32"), "int16x32"), dtype="int32x16")
+
+
 def _register() -> None:
     """Register the intrinsics with TVM, once per process (at import of this module).
 
@@ -179,7 +209,9 @@ def _register() -> None:
             (VNNI_DOT_8x4, _dot_8x4_desc, _dot_8x4_vnni),
             (AVX2_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_avx2),
             (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_vnni(8)),
-            (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16))):
+            (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16)),
+            (AVX512_CHANNEL_DOT_I16_16x2, _channel_dot_desc(16, 2, "int16"),
+             _channel_dot_16x2_i16)):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
 
@@ -210,20 +242,28 @@ def dot_intrinsic(target: tvm.target.Target | None, channels: bool = False) -> s
     return AVX2_CHANNEL_DOT_8x4 if channels else AVX2_DOT_8x4
 
 
-def channel_intrinsics(target: tvm.target.Target | None) -> list[str]:
-    """The channel-form intrinsics for a target, widest first (empty: none).
+def channel_intrinsics(target: tvm.target.Target | None, data_bits: int = 8) -> list[str]:
+    """The channel-form intrinsics for a target and data width, widest first (empty: none).
 
     Parameters
     ----------
     target : tvm.target.Target or None
+    data_bits : {8, 16}
+        Width of the activations (uint8/int8, or int16/uint16).
 
     Returns
     -------
     list of str
-        ``[AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4]`` for llvm targets with AVX-512 VNNI
-        (16 lanes where the output channels are a multiple of 16, 8 otherwise), else the
-        channel form of :func:`dot_intrinsic` alone, or nothing.
+        8 bits: ``[AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4]`` for llvm targets with
+        AVX-512 VNNI (16 lanes where the output channels are a multiple of 16, 8 otherwise),
+        else the channel form of :func:`dot_intrinsic` alone, or nothing. 16 bits:
+        ``[AVX512_CHANNEL_DOT_I16_16x2]`` for llvm targets with AVX-512 VNNI, else nothing.
     """
+    if data_bits == 16:
+        if target is None or target.kind.name != "llvm":
+            return []
+        vnni = "avx512vnni" in set(llvm_get_cpu_features(target))
+        return [AVX512_CHANNEL_DOT_I16_16x2] if vnni else []
     narrow = dot_intrinsic(target, channels=True)
     if narrow is None:
         return []

@@ -219,7 +219,7 @@ def task_intrinsic(task_name: str, target) -> str | None:
         The task's name: its fused PrimFunc's, which keeps the packing passes' names
         (``compile.passes.pointwise_int8.DOT_PREFIX``;
         ``compile.passes.pack_pointwise_nhwc.channel_dot_name``, read back by
-        ``channel_dot_lanes``).
+        ``channel_dot_kind``).
     target : tvm.target.Target
 
     Returns
@@ -228,13 +228,21 @@ def task_intrinsic(task_name: str, target) -> str | None:
         The intrinsic of that width for the target (:func:`compile.intrinsics.dot_intrinsic`,
         :func:`compile.intrinsics.channel_intrinsics`), or None where the target has none.
     """
-    from .intrinsics import INTRINSIC_LANES, channel_intrinsics, dot_intrinsic
-    from .passes.pack_pointwise_nhwc import channel_dot_lanes
+    from .intrinsics import (
+        INTRINSIC_LANES,
+        INTRINSIC_REDUCE,
+        REDUCE,
+        channel_intrinsics,
+        dot_intrinsic,
+    )
+    from .passes.pack_pointwise_nhwc import channel_dot_kind
     from .passes.pointwise_int8 import DOT_PREFIX
 
-    lanes = channel_dot_lanes(task_name)
-    if lanes is not None:
-        return next((i for i in channel_intrinsics(target) if INTRINSIC_LANES[i] == lanes), None)
+    kind = channel_dot_kind(task_name)
+    if kind is not None:
+        lanes, reduce = kind
+        return next((i for i in channel_intrinsics(target, 8 if reduce == REDUCE else 16)
+                     if (INTRINSIC_LANES[i], INTRINSIC_REDUCE.get(i, REDUCE)) == kind), None)
     return dot_intrinsic(target) if DOT_PREFIX in task_name else None
 
 

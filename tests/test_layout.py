@@ -134,9 +134,13 @@ def test_nhwc_needs_a_cpu_target():
         compose("target=cuda_sm80", "target.layout=NHWC")
 
 
-def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_path):
-    """quant=int8 with NHWC: integer kernels channels last, 1x1 convolutions packed."""
+@pytest.mark.parametrize("activations", ["uint8", "int16"])
+def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_path, activations):
+    """quant=int8 with NHWC: integer kernels channels last, 1x1 convolutions packed (16-bit
+    activations: the 8 -> 16 channel convolution, on AVX-512 VNNI's vpdpwssd form)."""
+    from compile.intrinsics import AVX512_CHANNEL_DOT_I16_16x2, channel_intrinsics
     from compile.job import run_compile
+    from compile.targets import host_cpu
 
     for name, seed, count in (("cal", 0, 16), ("val", 1, 8)):
         rng = np.random.default_rng(seed)
@@ -144,7 +148,8 @@ def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_pa
                  x=rng.uniform(-1, 1, (count, 1, 8, 12, 12)).astype("f4"))
     result = run_compile(job_for(
         tiny_dir / "inverted_residual.onnx", "target.layout=NHWC", "quant=int8",
-        "quant.reduce_range=true", "quant.max_drop=0.1", "quant.calibration.source=npz",
+        f"quant.activation_type={activations}", f"quant.reduce_range={activations == 'uint8'}",
+        "quant.max_drop=0.1", "quant.calibration.source=npz",
         f"quant.calibration.path={tmp_path}/cal.npz", "quant.validation.source=npz",
         f"quant.validation.path={tmp_path}/val.npz"))
     assert result.artifact_dir.name == "nhwc" and result.artifact_dir.parent.name == "int8"
@@ -155,7 +160,13 @@ def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_pa
     assert result.metrics["layout_transposes"] == 3
     quant = manifest["quantization"]
     assert quant["integer_ops"] == 4  # three convolutions and the Gemm
-    if quant["dot_intrinsic"]:  # x86 with AVX2 (7-bit weights: packed with or without VNNI)
+    if activations == "int16":
+        host = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
+        wide = channel_intrinsics(host, 16) == [AVX512_CHANNEL_DOT_I16_16x2]
+        assert quant["packed_pointwise"] == (1 if wide else 0)  # 8 output channels: not 16k
+        if wide:
+            assert quant["dot_intrinsic"] == AVX512_CHANNEL_DOT_I16_16x2
+    elif quant["dot_intrinsic"]:  # x86 with AVX2 (7-bit weights: packed with or without VNNI)
         # 8 lanes, or 16 (AVX-512 VNNI) where the output channels divide
         assert quant["dot_intrinsic"].startswith(("channel_dot_8x4", "channel_dot_16x4"))
         assert quant["packed_pointwise"] == 2

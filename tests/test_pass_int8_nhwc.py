@@ -11,8 +11,11 @@ from compile import _tvm
 from compile.config import Layout, QuantScheme
 from compile.intrinsics import (
     INTRINSIC_LANES,
+    INTRINSIC_REDUCE,
+    REDUCE,
     AVX2_CHANNEL_DOT_8x4,
     AVX512_CHANNEL_DOT_16x4,
+    AVX512_CHANNEL_DOT_I16_16x2,
     VNNI_CHANNEL_DOT_8x4,
     channel_intrinsics,
     dot_intrinsic,
@@ -101,15 +104,17 @@ def test_packed_nhwc_convolution_is_identical_to_conv2d(dtype, low, high):
     np.testing.assert_array_equal(_run(packed, x), _run(before, x))
 
 
-def test_int8_input_with_a_residual_user_is_shifted_once_in_its_producer():
-    """y = max(x, -100) feeds a packed conv and a sum bound before it (as a residual add's
-    dequantize comes before the convolution in ONNX order): y's kernel writes uint8(y + 128)."""
+@pytest.mark.parametrize(("dtype", "floor"), [("int8", -100), ("uint16", 1000)])
+def test_shifted_input_with_a_residual_user_is_shifted_once_in_its_producer(dtype, floor):
+    """y = max(x, floor) feeds a packed conv and a sum bound before it (as a residual add's
+    dequantize comes before the convolution in ONNX order): y's kernel writes uint8(y + 128)
+    (uint16: int16(y - 32768))."""
     weights = RNG.integers(-128, 128, (16, 1, 1, 12)).astype(np.int8)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([1, 5, 7, 12], "int8"))
+    x = relax.Var("x", relax.TensorType([1, 5, 7, 12], dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
-            y = bb.emit(R.maximum(x, relax.const(np.int8(-100))))
+            y = bb.emit(R.maximum(x, relax.const(np.dtype(dtype).type(floor))))
             total = bb.emit(R.sum(R.astype(y, "int32"), axis=3, keepdims=True))
             conv = bb.emit(R.nn.conv2d(y, relax.const(weights), data_layout="NHWC",
                                        kernel_layout="OHWI", out_dtype="int32"))
@@ -128,7 +133,8 @@ def test_int8_input_with_a_residual_user_is_shifted_once_in_its_producer():
     # Before: max, shift, dot (+ add), sum. After: max with the shift, dot (+ add), sum (of
     # y read back from the shifted tensor).
     assert kernels(_pack(before, ZEN4)[0]) == 3
-    x_value = RNG.integers(-128, 128, (1, 5, 7, 12)).astype(np.int8)
+    info = np.iinfo(np.dtype(dtype))
+    x_value = RNG.integers(info.min, info.max + 1, (1, 5, 7, 12)).astype(dtype)
     np.testing.assert_array_equal(_run(packed, x_value), _run(before, x_value))
 
 
@@ -194,6 +200,30 @@ def test_matmuls_the_packed_form_does_not_take_stay(k, n, lead):
     assert pack.packed == 0 and "relax.matmul" in _calls(packed)
 
 
+@pytest.mark.parametrize("op", ["conv2d", "matmul"])
+@pytest.mark.parametrize("dtype", ["int16", "uint16"])
+def test_16_bit_data_is_packed_for_vpdpwssd_with_identical_results(op, dtype):
+    """16-bit activations (quant.activation_type=int16): 16 lanes x 2 channels, int8 weights;
+    uint16 data shifted to int16(x - 32768). Results bit-identical, extremes included."""
+    weights = RNG.integers(-128, 128, (32, 1, 1, 12)).astype(np.int8)
+    before = (_nhwc_pointwise(dtype, weights) if op == "conv2d"
+              else _int8_matmul(dtype, np.ascontiguousarray(weights[:, 0, 0, :].T)))
+    packed, pack = _pack(before, ZEN4)
+    assert pack.packed_by == {AVX512_CHANNEL_DOT_I16_16x2: 1}
+    assert f"relax.{'nn.' if op == 'conv2d' else ''}{op}" not in _calls(packed)
+    dot = next(f for gv, f in packed.functions.items() if CHANNEL_DOT_PREFIX in gv.name_hint)
+    assert str(dot.params[0].ty.dtype) == "int16"
+    assert [int(v) for v in dot.params[1].shape] == [2, 6, 16, 2]
+    assert f"{CHANNEL_DOT_PREFIX}16x2_" in str(packed)
+    info = np.iinfo(np.dtype(dtype))
+    shape = [int(v) for v in before["main"].params[0].ty.shape]
+    x = RNG.integers(info.min, info.max + 1, shape).astype(dtype)
+    x.flat[:24] = [info.min] * 12 + [info.max] * 12
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
+    # Without AVX-512 VNNI: no 16-bit form, left as it is.
+    assert _pack(before, ZEN3)[1].packed == 0
+
+
 def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
     weights = RNG.integers(-64, 65, (12, 1, 1, 12)).astype(np.int8)  # 12 outputs: not 8k
     packed, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)
@@ -206,8 +236,11 @@ def test_channel_intrinsic_follows_the_cpu_features():
     assert channel_intrinsics(tvm.target.Target(ZEN4)) == [AVX512_CHANNEL_DOT_16x4,
                                                             VNNI_CHANNEL_DOT_8x4]
     assert channel_intrinsics(tvm.target.Target(ZEN3)) == [AVX2_CHANNEL_DOT_8x4]
+    assert channel_intrinsics(tvm.target.Target(ZEN4), 16) == [AVX512_CHANNEL_DOT_I16_16x2]
+    assert channel_intrinsics(tvm.target.Target(ZEN3), 16) == []
     avx_vnni = {"kind": "llvm", "mcpu": "alderlake"}  # AVX-VNNI (256-bit), no AVX-512
     assert channel_intrinsics(tvm.target.Target(avx_vnni)) == [VNNI_CHANNEL_DOT_8x4]
+    assert channel_intrinsics(tvm.target.Target(avx_vnni), 16) == []  # VEX vpdpwssd: not built
     assert dot_intrinsic(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}),
                          channels=True) is None
 
@@ -216,13 +249,13 @@ def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_
     """The channel dot product with its 8 x 4 tile tensorized by hand, compiled for target."""
     from tvm import s_tir
 
-    lanes = INTRINSIC_LANES[intrinsic]
-    func = channel_dot_primfunc(1, 1, n_pixels, channels, out_ch, lanes)
+    lanes, reduce = INTRINSIC_LANES[intrinsic], INTRINSIC_REDUCE.get(intrinsic, REDUCE)
+    func = channel_dot_primfunc(1, 1, n_pixels, channels, out_ch, lanes, reduce)
     sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
     block = sch.get_sblock(CHANNEL_DOT_PREFIX)
     _, _, w, o, c = sch.get_loops(block)
     o0, o1 = sch.split(o, [None, lanes])
-    c0, c1 = sch.split(c, [None, 4])
+    c0, c1 = sch.split(c, [None, reduce])
     sch.reorder(w, o0, c0, o1, c1)
     sch.decompose_reduction(block, c0)
     sch.tensorize(o1, intrinsic)
@@ -231,25 +264,28 @@ def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_
 
 @pytest.mark.parametrize(("intrinsic", "target", "instruction"), [
     (AVX2_CHANNEL_DOT_8x4, ZEN3, "vpmaddubsw ymm"), (VNNI_CHANNEL_DOT_8x4, ZEN4, "vpdpbusd ymm"),
-    (AVX512_CHANNEL_DOT_16x4, ZEN4, "vpdpbusd zmm")])
+    (AVX512_CHANNEL_DOT_16x4, ZEN4, "vpdpbusd zmm"),
+    (AVX512_CHANNEL_DOT_I16_16x2, ZEN4, "vpdpwssd zmm")])
 def test_channel_intrinsics_compute_the_dot_product(intrinsic, target, instruction):
     n_pixels, channels, out_ch = 6, 16, 32
     lib = _tensorized(intrinsic, target, n_pixels, channels, out_ch)
     name, register = instruction.split()
     lines = [line for line in lib.mod.inspect_source("asm").splitlines() if name in line]
     assert lines and all(f"%{register}" in line for line in lines)
+    reduce = INTRINSIC_REDUCE.get(intrinsic, REDUCE)
     if intrinsic != AVX2_CHANNEL_DOT_8x4 and intrinsic not in channel_intrinsics(
-            tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})):
+            tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()}), 8 if reduce == REDUCE else 16):
         pytest.skip(f"this CPU cannot run {intrinsic}: checked in assembly only")
     from compile.passes.pack_pointwise_nhwc import pack_weights
 
-    x = RNG.integers(0, 256, (1, 1, n_pixels, channels)).astype(np.uint8)
+    info = np.iinfo(np.uint8 if reduce == REDUCE else np.int16)
+    x = RNG.integers(info.min, info.max + 1, (1, 1, n_pixels, channels)).astype(info.dtype)
     w = RNG.integers(-128, 128, (out_ch, channels)).astype(np.int8)
     if intrinsic == AVX2_CHANNEL_DOT_8x4:
         w = w // 2  # 7-bit: vpmaddubsw cannot saturate
     out = tvm.runtime.tensor(np.zeros((1, 1, n_pixels, out_ch), np.int32))
     lanes = INTRINSIC_LANES[intrinsic]
-    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w, lanes)), out)
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(pack_weights(w, lanes, reduce)), out)
     np.testing.assert_array_equal(out.numpy()[0, 0],
                                   x[0, 0].astype(np.int64) @ w.T.astype(np.int64))
 
@@ -258,19 +294,22 @@ def test_search_space_tensorizes_channel_kernels():
     from compile._tvm import ms
     from compile.tuning import search_space, task_intrinsic
 
-    for target, lanes, intrinsic in ((ZEN3, 8, AVX2_CHANNEL_DOT_8x4),
-                                     (ZEN4, 8, VNNI_CHANNEL_DOT_8x4),
-                                     (ZEN4, 16, AVX512_CHANNEL_DOT_16x4)):
-        func = channel_dot_primfunc(1, 4, 4, 16, 48, lanes)
+    for target, lanes, reduce, intrinsic in ((ZEN3, 8, 4, AVX2_CHANNEL_DOT_8x4),
+                                             (ZEN4, 8, 4, VNNI_CHANNEL_DOT_8x4),
+                                             (ZEN4, 16, 4, AVX512_CHANNEL_DOT_16x4),
+                                             (ZEN4, 16, 2, AVX512_CHANNEL_DOT_I16_16x2)):
+        func = channel_dot_primfunc(1, 4, 4, 16, 48, lanes, reduce)
         target = tvm.target.Target({**target, "num-cores": 2})
-        name = f"fused_{CHANNEL_DOT_PREFIX}{lanes if lanes == 16 else ''}_c16_o48_h4_w4_add"
+        tag = {8: "", 16: "16"}[lanes] + ("x2" if reduce == 2 else "")
+        name = f"fused_{CHANNEL_DOT_PREFIX}{tag}_c16_o48_h4_w4_add"
         assert task_intrinsic(name, target) == intrinsic
         context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
                                  space_generator=search_space(intrinsic))
         traces = [str(s.trace) for s in context.generate_design_space()]
         assert any(intrinsic in t for t in traces)
         # The other width never: it would repack the weights inside the kernel.
-        other = {AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4, AVX2_CHANNEL_DOT_8x4} - {intrinsic}
+        other = {AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4, AVX2_CHANNEL_DOT_8x4,
+                 AVX512_CHANNEL_DOT_I16_16x2} - {intrinsic}
         assert not any(o in t for t in traces for o in other)
 
 
