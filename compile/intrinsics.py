@@ -161,41 +161,34 @@ def _channel_dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
             dtype="int32x8")
 
 
-def _channel_dot_vnni(lanes: int):
-    """The channel form on one ``vpdpbusd`` of ``lanes`` int32 (8: 256-bit, 16: 512-bit)."""
-    intrinsic = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
-    acc, data = f"int32x{lanes}", f"int8x{lanes * 4}"
+def _channel_dot_vnni(lanes: int, reduce: int = REDUCE):
+    """The channel form on one VNNI instruction of ``lanes`` int32 (8: 256-bit, 16: 512-bit).
+
+    ``vpdpbusd`` for 4 uint8 inputs (``reduce`` 4), ``vpdpwssd`` for 2 int16 (``reduce`` 2).
+    """
+    data = "uint8" if reduce == REDUCE else "int16"
+    instruction = "vpdpbusd" if reduce == REDUCE else "vpdpwssd"
+    intrinsic = f"llvm.x86.avx512.{instruction}.{lanes * 32}"
+    # LLVM 22 (TVM 0.27) declares the operands <N x i8> (vpdpbusd) and <N x i16> (vpdpwssd);
+    # older LLVMs took <N x i32>, as TVM's own 512-bit VNNI intrinsic still passes them: such
+    # a call fails LLVM's verifier here. vpdpwssd's int8 weights widen with one vpmovsxbw
+    # (for vpdpbusd the cast is to their own type, a no-op).
+    acc, operand = f"int32x{lanes}", f"{'int8' if reduce == REDUCE else 'int16'}x{lanes * reduce}"
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def impl(A: T.Buffer((reduce,), data, offset_factor=1),
+             B: T.Buffer((lanes, reduce), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:reduce], B[0:lanes, 0:reduce])
             T.writes(C[0:lanes])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_i32 = T.reinterpret(A.vload([0], f"{data}x{reduce}"), dtype="int32")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(intrinsic), C.vload([0], dtype=acc),
-                T.reinterpret(T.broadcast(a_i32, lanes), dtype=data),
-                B.vload([0, 0], dtype=data), dtype=acc)
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype=operand),
+                T.cast(B.vload([0, 0], dtype=f"int8x{lanes * reduce}"), operand), dtype=acc)
 
     return impl
-
-
-@T.prim_func(s_tir=True)
-def _channel_dot_16x2_i16(A: T.Buffer((2,), "int16", offset_factor=1),
-                          B: T.Buffer((16, 2), "int8", offset_factor=1),
-                          C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-        # vpdpwssd(acc, int16 pairs, int16 pairs); LLVM 22 (TVM 0.27) declares them <32 x i16>.
-        # The int8 weights widen with one vpmovsxbw.
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.512"),
-            C.vload([0], dtype="int32x16"), T.reinterpret(T.broadcast(a_i32, 16), dtype="int16x32"),
-            T.cast(B.vload([0, 0], dtype="int8x32"), "int16x32"), dtype="int32x16")
 
 
 def _register() -> None:
@@ -211,7 +204,7 @@ def _register() -> None:
             (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_vnni(8)),
             (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16)),
             (AVX512_CHANNEL_DOT_I16_16x2, _channel_dot_desc(16, 2, "int16"),
-             _channel_dot_16x2_i16)):
+             _channel_dot_vnni(16, 2))):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
 
