@@ -73,6 +73,8 @@ INTRINSIC_LANES = {AVX2_DOT_8x4: 8, VNNI_DOT_8x4: 8, AVX2_CHANNEL_DOT_8x4: 8,
                    AVX512_CHANNEL_DOT_I16_16x2: 16}
 #: Reduction elements per call where they are not :data:`REDUCE` (the 16-bit channel form: 2).
 INTRINSIC_REDUCE = {AVX512_CHANNEL_DOT_I16_16x2: 2}
+#: The data a channel form reads, by reduction elements per call: 4 uint8 or 2 int16.
+REDUCE_DATA = {REDUCE: "uint8", 2: "int16"}
 
 
 @T.prim_func(s_tir=True)
@@ -125,8 +127,9 @@ def _dot_8x4_vnni(A: T.Buffer((4,), "int8", offset_factor=1),
             T.reinterpret(T.broadcast(a_i32, 8), dtype="int8x32"), dtype="int32x8")
 
 
-def _channel_dot_desc(lanes: int, reduce: int = REDUCE, data: str = "uint8"):
-    """The channel form's description: ``lanes`` output channels, ``reduce`` ``data`` inputs."""
+def _channel_dot_desc(lanes: int, reduce: int = REDUCE):
+    """The channel form's description: ``lanes`` output channels, ``reduce`` inputs."""
+    data = REDUCE_DATA[reduce]
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((reduce,), data, offset_factor=1),
@@ -166,7 +169,7 @@ def _channel_dot_vnni(lanes: int, reduce: int = REDUCE):
 
     ``vpdpbusd`` for 4 uint8 inputs (``reduce`` 4), ``vpdpwssd`` for 2 int16 (``reduce`` 2).
     """
-    data = "uint8" if reduce == REDUCE else "int16"
+    data = REDUCE_DATA[reduce]
     instruction = "vpdpbusd" if reduce == REDUCE else "vpdpwssd"
     intrinsic = f"llvm.x86.avx512.{instruction}.{lanes * 32}"
     # LLVM 22 (TVM 0.27) declares the operands <N x i8> (vpdpbusd) and <N x i16> (vpdpwssd);
@@ -203,7 +206,7 @@ def _register() -> None:
             (AVX2_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_8x4_avx2),
             (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_vnni(8)),
             (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16)),
-            (AVX512_CHANNEL_DOT_I16_16x2, _channel_dot_desc(16, 2, "int16"),
+            (AVX512_CHANNEL_DOT_I16_16x2, _channel_dot_desc(16, 2),
              _channel_dot_vnni(16, 2))):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)

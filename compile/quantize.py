@@ -47,6 +47,7 @@ from .config import CalibrationMethod, Calibrator, QuantConfig
 from .datasets import SampleSet
 from .errors import QuantizationError
 from .importer import onnx_opset
+from .zoo import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
     key = hashlib.sha256(json.dumps([onnx_sha256, params], sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir) / "quant" / f"{key[:20]}.qdq.onnx"
     start = time.perf_counter()
-    base = qdq = None
+    base = None
     if cfg.activation_type == "int16":
         # Calibrated at 8 bits (cached as such); widening is cheap and done on every run, so a
         # cached 16-bit model is never older than widen_activations.
@@ -339,13 +340,12 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
         qdq.CopyFrom(base.model)
         log.info("16-bit activations: %d quantizers widened (margin %g)",
                  widen_activations(qdq, cfg.activation_margin), cfg.activation_margin)
-    if qdq is not None or not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            out, source = Path(tmp) / "model.onnx", Path(tmp) / "fp32.onnx"
-            if qdq is not None:
-                onnx.save(qdq, str(out))
-            else:
+        write_bytes_atomic(path, qdq.SerializeToString())
+    else:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                out, source = Path(tmp) / "model.onnx", Path(tmp) / "fp32.onnx"
                 log.info("calibrating with %s on %d samples (%s)", cfg.calibrator.value,
                          len(calibration), cfg.method.value)
                 if cfg.calibrator == Calibrator.nncf:
@@ -353,8 +353,7 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
                 else:
                     onnx.save(fp32, str(source))  # quantize_static changes a ModelProto it is given
                     _onnxruntime_quantize(source, out, cfg, calibration, exclude)
-            out.replace(path)
-    if qdq is None:
+                out.replace(path)
         qdq = onnx.load(str(path))
     quantized, kept = _quantized_nodes(qdq)
     if not quantized:

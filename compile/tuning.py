@@ -240,8 +240,7 @@ def task_intrinsic(task_name: str, target) -> str | None:
 
     kind = channel_dot_kind(task_name)
     if kind is not None:
-        lanes, reduce = kind
-        return next((i for i in channel_intrinsics(target, 8 if reduce == REDUCE else 16)
+        return next((i for bits in (8, 16) for i in channel_intrinsics(target, bits)
                      if (INTRINSIC_LANES[i], INTRINSIC_REDUCE.get(i, REDUCE)) == kind), None)
     return dot_intrinsic(target) if DOT_PREFIX in task_name else None
 

@@ -58,6 +58,7 @@ from ..intrinsics import (
     INTRINSIC_REDUCE,
     LANES,
     REDUCE,
+    REDUCE_DATA,
     AVX2_CHANNEL_DOT_8x4,
     channel_intrinsics,
     saturation_free,
@@ -70,8 +71,6 @@ R = relax.op
 CHANNEL_DOT_PREFIX = "int8_pointwise_nhwc_dot"
 
 
-#: What the data of each channel form is stored as (the others: uint8).
-_DATA = {2: "int16"}
 #: dtype of the data a packed kernel reads -> (stored as, offset added, wide enough for both).
 _SHIFTS = {"int8": ("uint8", 128, "int16"), "uint16": ("int16", -32768, "int32")}
 
@@ -124,7 +123,7 @@ def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_cha
 
     ``x`` is uint8, or int16 for ``reduce`` 2 (the 16-bit channel form).
     """
-    x = te.placeholder(_i64(n, height, width, channels), _DATA.get(reduce, "uint8"), "x")
+    x = te.placeholder(_i64(n, height, width, channels), REDUCE_DATA[reduce], "x")
     wp = te.placeholder(_i64(out_channels // lanes, channels // reduce, lanes, reduce),
                         "int8", "wp")
     c = te.reduce_axis(_i64(0, channels), "c")
