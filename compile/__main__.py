@@ -38,6 +38,11 @@ def summary(result: CompileResult) -> str:
                          "vpmaddubsw: quant.reduce_range=true makes 7-bit weights)")
             lines.append(line)
         lines.append(f"calibrate  {q['calibration']}")
+        rounding = q.get("weight_rounding", {})
+        if rounding.get("method") == "gptq":
+            lines.append(f"rounding   GPTQ: {rounding['layers']} layers, {rounding['biases']} "
+                         "biases corrected; layer output error on the calibration samples "
+                         f"{rounding['output_error_ratio']:.2f}x nearest rounding's")
         if q.get("instructions"):
             found = {k: v for k, v in q["instructions"].items() if v}
             lines.append("isa        integer dot-product instructions in model.so: "

@@ -309,6 +309,9 @@ class QuantConfig:
     activation_type: str = "uint8"  # uint8 (asymmetric), int8 (symmetric) or int16 (16-bit)
     # int16 activations: this many times the calibrated range (null: 4 for int16, else 1)
     activation_margin: float | None = None
+    # nearest (the calibrator's) or gptq (compile/weight_rounding.py); null: gptq for int16
+    # activations, nearest otherwise
+    weight_rounding: str | None = None
     reduce_range: bool = False  # 7-bit weights: exact AVX2 vpmaddubsw (no VNNI) kernels
     model_type: str | None = None  # nncf calibrator: null (CNNs) or transformer (SmoothQuant)
     bias_correction: str = "full"  # nncf calibrator: full | fast | none
@@ -335,6 +338,11 @@ class QuantConfig:
                                             and self.activation_type != "int16"):
             raise ConfigError("quant.activation_margin must be >= 1 and widens 16-bit activations "
                               f"only (quant.activation_type=int16), got {self.activation_margin}")
+        if self.weight_rounding is None:
+            self.weight_rounding = "gptq" if self.activation_type == "int16" else "nearest"
+        if self.weight_rounding not in ("nearest", "gptq"):
+            raise ConfigError("quant.weight_rounding must be nearest or gptq, got "
+                              f"{self.weight_rounding!r}")
         if self.keep_float_worst < 0:
             raise ConfigError("quant.keep_float_worst must be >= 0")
         if self.model_type not in (None, "transformer"):

@@ -253,6 +253,7 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
     packed, saturating = prepared.pipeline.packed_ops
     return {"scheme": "int8", "format": f"QDQ ONNX by {q.settings['calibrator']}",
             "settings": q.settings, "calibration": prepared.calibration.description,
+            "weight_rounding": q.rounding,
             "quantized_nodes": len(q.quantized), "float_nodes": len(q.kept_float),
             "integer_ops": len(prepared.pipeline.integer_ops),
             "dot_intrinsic": prepared.pipeline.dot_intrinsic,

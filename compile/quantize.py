@@ -11,6 +11,10 @@ channel, activations per tensor):
   calibrator kept 59 % (same calibration and validation photos).
 * ``onnxruntime``: ``onnxruntime.quantization.quantize_static`` (MinMax, Percentile, Entropy).
 
+With ``quant.weight_rounding=gptq`` (the default with 16-bit activations) the calibrator's
+nearest-rounded int8 weights are rounded again by GPTQ and the biases corrected for it
+(:mod:`compile.weight_rounding`), scales unchanged.
+
 With ``quant.activation_type=int16`` NNCF calibrates 8-bit (uint8) activations as usual, and
 :func:`widen_activations` then stores every activation in 16 bits (int16, or uint16 for
 non-negative ones) over ``quant.activation_margin`` times the calibrated range; weights stay
@@ -47,6 +51,7 @@ from .config import CalibrationMethod, Calibrator, QuantConfig
 from .datasets import SampleSet
 from .errors import QuantizationError
 from .importer import onnx_opset
+from .weight_rounding import gptq, rounding_of, with_outputs
 from .zoo import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,11 @@ class QuantizedModel:
     def __post_init__(self) -> None:
         if self.int8_path is None:
             self.int8_path = self.path
+
+    @property
+    def rounding(self) -> dict[str, Any]:
+        """How the int8 weights were rounded (:func:`compile.weight_rounding.rounding_of`)."""
+        return rounding_of(self.model)
 
 
 class _Reader:
@@ -223,7 +233,7 @@ def settings(cfg: QuantConfig, exclude: list[str]) -> dict[str, Any]:
             "percentile": cfg.percentile, "per_channel": cfg.per_channel,
             "activation_type": cfg.activation_type, "weight_type": "int8",
             "activation_margin": cfg.activation_margin if cfg.activation_type == "int16" else None,
-            "reduce_range": cfg.reduce_range,
+            "reduce_range": cfg.reduce_range, "weight_rounding": cfg.weight_rounding,
             "model_type": cfg.model_type if nncf else None,
             "bias_correction": cfg.bias_correction if nncf else None,
             "calibration": {"source": cfg.calibration.source.name,
@@ -353,6 +363,10 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
                 else:
                     onnx.save(fp32, str(source))  # quantize_static changes a ModelProto it is given
                     _onnxruntime_quantize(source, out, cfg, calibration, exclude)
+                if cfg.weight_rounding == "gptq":
+                    rounded = onnx.load(str(out))
+                    gptq(rounded, fp32, calibration.samples)
+                    onnx.save(rounded, str(out))
                 out.replace(path)
         qdq = onnx.load(str(path))
     quantized, kept = _quantized_nodes(qdq)
@@ -361,18 +375,6 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
                                 f"({len(kept)} excluded or unsupported)")
     return QuantizedModel(path, qdq, quantized, kept, time.perf_counter() - start, params,
                           base.path if base is not None else None)
-
-
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
-    """The model with ``tensors`` added as float graph outputs, serialized."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    for name in tensors:
-        if name not in present:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
-    return copy.SerializeToString()
 
 
 def sqnr_db(reference: np.ndarray, value: np.ndarray) -> float:
@@ -448,7 +450,7 @@ def layer_report(fp32: onnx.ModelProto, qdq_path: Path, samples: SampleSet,
     options.log_severity_level = 3
 
     def session(model: onnx.ModelProto, extra: list[str] | None = None):
-        return ort.InferenceSession(_with_outputs(model, extra or []), options,
+        return ort.InferenceSession(with_outputs(model, extra or []), options,
                                     providers=["CPUExecutionProvider"])
 
     outputs = [o.name for o in fp32.graph.output]

@@ -52,6 +52,8 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
     assert quant["settings"]["calibrator"] == calibrator
     assert quant["settings"]["activation_type"] == activations
     assert quant["settings"]["activation_margin"] == (2.0 if margin else None)
+    # 16-bit activations default to GPTQ-rounded weights (tests/test_weight_rounding.py)
+    assert quant["weight_rounding"]["method"] == ("gptq" if margin else "nearest")
     assert quant["gate"]["passed"] and quant["gate"]["metric"] == "cosine"
     assert "32 samples" in quant["calibration"] and "12 samples" in quant["gate"]["validation"]
     # bf16-rounded weights perturb far less than int8: cosine nearer 1 than the int8 artifact's
