@@ -339,6 +339,10 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
                                               "packed_pointwise", "fp32_weights_bytes",
                                               "library_bytes")})
         metrics["library_vs_fp32_weights"] = quant["library_vs_fp32_weights"]
+        rounding = quant.get("weight_rounding", {})
+        if rounding.get("method") == "gptq":
+            metrics.update({f"gptq_{k}": rounding[k]
+                            for k in ("layers", "biases", "output_error_ratio")})
         if "gate" in quant:
             gate = quant["gate"]
             metrics.update({f"gate_{k}": v for k, v in gate.items()

@@ -38,12 +38,23 @@ def int8_overrides(npz_dir, *extra):
 
 @pytest.mark.parametrize(("calibrator", "activations"), [
     ("nncf", "uint8"), ("onnxruntime", "uint8"), ("nncf", "int16")])
-def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator, activations):
+def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator, activations,
+                                              tmp_path):
+    import mlflow
+
+    from compile.tracking import tracked_run
+
     margin = ["quant.activation_margin=2"] if activations == "int16" else []
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = job_for(tiny_dir / "conv_bn_relu.onnx",
                   *int8_overrides(npz, f"quant.calibrator={calibrator}", "quant.max_drop=0.05",
-                                  f"quant.activation_type={activations}", *margin))
-    result = run_compile(job)
+                                  f"quant.activation_type={activations}", *margin),
+                  "tracking.enabled=true", f"tracking.uri={uri}")
+    with tracked_run(job.tracking, "compile/conv_bn_relu") as tracker:
+        result = run_compile(job, tracker)
+    run = mlflow.MlflowClient(uri).get_run(result.run_id)
+    assert run.data.params["quant.weight_rounding"] == ("gptq" if margin else "nearest")
+    assert (0 < run.data.metrics.get("gptq_output_error_ratio", 0) < 1) == bool(margin)
     assert result.artifact_dir.name == "int8" and result.artifact_dir.parent.name == "x86_64"
     assert result.verification["status"] == "passed"
     assert result.verification["min_cosine"] >= 0.98
