@@ -62,7 +62,7 @@ INTEGER_OPS = ("Conv", "MatMul", "Gemm")
 
 @dataclass
 class QuantizedModel:
-    """A QDQ model made by ONNX Runtime's static quantizer.
+    """A QDQ model made by the calibrator (NNCF or ONNX Runtime), cached on disk.
 
     Attributes
     ----------
