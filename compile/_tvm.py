@@ -32,6 +32,8 @@ TensorType = relax.TensorType
 TupleType = relax.TupleType
 # Relax constants: relax.const(...) makes tvm.ir.GenericConst, a subclass of this.
 RelaxConstant = tvm.ir.expr.Constant
+# Relax PrimValue arguments (R.prim_value(0)): 0.27 has no relax.PrimValue, they are these.
+PrimImm = (tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm)
 
 
 #: Tensor-intrinsic modules per target family (tvm.s_tir.tensor_intrin.<module>).

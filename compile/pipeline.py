@@ -144,7 +144,9 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     first moved past the data movement before them, ``compile.passes.PropagateDequantize``;
     1x1 convolutions packed for the AVX2 int8 intrinsic where the target has AVX2 and the
     weights cannot saturate it); ``fp16``: float16 compute with float32 accumulation (GPU
-    targets). ``NHWC``: 2-D convolutions channels last (kernels OHWI), the imported Clips
+    targets), every Clip first made Relax ``maximum``/``minimum`` (``ToMixedPrecision`` fails
+    on ``call_tir`` and on ``clip``, ``compile.passes.ClipToMaxMin``). ``NHWC``: 2-D
+    convolutions channels last (kernels OHWI), the imported Clips
     first made Relax operators so the layout flows through them
     (``compile.passes.ClipToMaxMin``), and one-element constants that would take an operator
     back to NCHW made scalars
@@ -155,8 +157,9 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     made one-element or dropped (``compile.passes.FoldConstantOperands``).
     """
     nhwc, int8 = layout == Layout.NHWC, quant == QuantScheme.int8
+    fp16 = quant == QuantScheme.fp16
     empty = tvm.transform.Sequential([])
-    before = [relax.transform.FoldConstant(), ClipToMaxMin(),
+    before = [relax.transform.FoldConstant(), ClipToMaxMin(prim_bounds=fp16),
               *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
     convert = [ScalarConstantOperands(),
                relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
@@ -165,11 +168,10 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     return [
         *([PropagateDequantize(), LowerQDQToInteger(layout_convertible=nhwc)] if int8
           else [empty]),
-        *(before if nhwc else []),
+        *(before if nhwc or fp16 else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
-        (relax.transform.ToMixedPrecision(out_dtype="float32") if quant == QuantScheme.fp16
-         else empty),
+        (relax.transform.ToMixedPrecision(out_dtype="float32") if fp16 else empty),
         *(convert if nhwc else [empty]),
     ]
 

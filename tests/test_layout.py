@@ -84,6 +84,40 @@ def test_other_call_tir_untouched():
     assert ClipToMaxMin()(before).same_as(before)
 
 
+@I.ir_module
+class RelaxClip:
+    @R.function
+    def main(x: R.Tensor((1, 4, 8, 8), "float32"), w: R.Tensor((4, 4, 1, 1), "float32")):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            out = R.clip(y, R.prim_value(0), R.prim_value(6))
+            R.output(out)
+        return out
+
+
+@I.ir_module
+class RelaxClipExpected:
+    @R.function
+    def main(x: R.Tensor((1, 4, 8, 8), "float32"), w: R.Tensor((4, 4, 1, 1), "float32")):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            out = R.minimum(R.maximum(y, R.const(ZERO)), R.const(SIX))
+            R.output(out)
+        return out
+
+
+def test_relax_clip_with_prim_bounds_for_mixed_precision():
+    # TVM 0.27's ToMixedPrecision fails on relax.clip (PrimValue bounds); the fp16 pipeline
+    # rewrites it, the CPU pipelines (prim_bounds=False) leave it for their tuned records.
+    with pytest.raises(tvm.error.InternalError, match="Expected TensorType"):
+        relax.transform.ToMixedPrecision(out_dtype="float32")(RelaxClip)
+    assert ClipToMaxMin()(RelaxClip).same_as(RelaxClip)
+    after = ClipToMaxMin(prim_bounds=True)(RelaxClip)
+    tvm.ir.assert_structural_equal(after, RelaxClipExpected)
+    mixed = relax.transform.ToMixedPrecision(out_dtype="float32")(after)
+    assert '"float16"' in mixed.script()  # the convolution now computes in half
+
+
 def test_rewritten_clip_computes_the_same_bits():
     before = _imported_clip(relax.const(np.float32(-0.5)), relax.const(np.float32(6)))
     x = (np.random.default_rng(0).standard_normal(SHAPE) * 8).astype(np.float32)

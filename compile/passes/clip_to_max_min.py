@@ -12,6 +12,16 @@ where ``c`` is a one-element constant of ``x``'s dtype (run ``FoldConstant`` fir
 computes the bounds with ``where(isnan(c), ±inf, c)``). The constant gets ``x``'s rank so
 ``ConvertLayout`` can permute it like any broadcast operand. The result is the same
 elementwise maximum/minimum, bit for bit; anything else is left as is.
+
+With ``prim_bounds=True`` it also rewrites Relax's own ``clip`` (the importer's ``HardSigmoid``
+and ``Clip`` with attribute bounds, e.g. in PP-OCRv4):
+
+    relax.clip(x, R.prim_value(lo), R.prim_value(hi)) -> minimum(maximum(x, lo), hi)
+
+with ``lo``/``hi`` one-element constants of ``x``'s dtype and rank. TVM 0.27's
+``ToMixedPrecision`` fails on ``clip`` ("Expected TensorType, but got T.int64": it types every
+argument as a tensor), so the ``fp16`` pipeline needs it; the CPU pipelines leave ``clip`` as is
+(their tuned kernels were recorded with it).
 """
 
 from __future__ import annotations
@@ -28,13 +38,16 @@ _FUNCS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, prim_bounds: bool) -> None:
         super().__init__(mod)
         self.call_tir = tvm.ir.Op.get("relax.call_tir")
+        self.clip = tvm.ir.Op.get("relax.clip") if prim_bounds else None
         self.count = 0
 
     def visit_call_(self, call):  # noqa: D102 (PyExprMutator hook)
         call = super().visit_call_(call)
+        if self.clip is not None and call.op.same_as(self.clip):
+            return self._clip(call)
         if not call.op.same_as(self.call_tir) or len(call.args) != 2:
             return call  # call_tir(func, args) only, no symbolic-shape argument
         op = next((f for name, f in _FUNCS.items()
@@ -53,6 +66,19 @@ class _Rewriter(relax.PyExprMutator):
         self.count += 1
         return op(x, relax.const(np.reshape(value, (1,) * x_type.ndim), str(value.dtype)))
 
+    def _clip(self, call):
+        x, lo, hi = call.args
+        x_type = x.ty
+        if not (isinstance(x_type, _tvm.TensorType) and x_type.ndim >= 0 and x_type.dtype
+                and all(isinstance(b, _tvm.PrimImm) for b in (lo, hi))):
+            return call  # symbolic bounds or rank: left as is
+
+        def bound(b):
+            return relax.const(np.full((1,) * x_type.ndim, b.value, str(x_type.dtype)))
+
+        self.count += 2
+        return relax.op.minimum(relax.op.maximum(x, bound(lo)), bound(hi))
+
 
 @tvm.transform.module_pass(opt_level=0, name="ClipToMaxMin")
 class ClipToMaxMin:
@@ -67,10 +93,11 @@ class ClipToMaxMin:
         ``maximum``/``minimum`` calls rewritten by the last run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prim_bounds: bool = False) -> None:
+        self.prim_bounds = prim_bounds
         self.rewritten = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of the module."""
-        new, self.rewritten = rewrite_counted(mod, _Rewriter(mod))
+        new, self.rewritten = rewrite_counted(mod, _Rewriter(mod, self.prim_bounds))
         return new
