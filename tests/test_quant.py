@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from compile.accuracy import GateResult
 from compile.datasets import load_samples
 from compile.errors import ConfigError, QuantizationError
 from compile.job import run_compile
@@ -160,6 +161,35 @@ def test_fp16_cuda_build_has_half_kernels(tiny_dir, job_for, tmp_path):
     fused = (dump / "03_fuse.py").read_text()
     assert 'matmul' in fused and '"float16"' in fused  # the matmul kernel computes in half
     assert json.dumps(manifest)
+
+
+def test_fp16_graph_passes_take_every_clip():
+    # PP-OCRv4 rec/det crashed ToMixedPrecision: the importer's Clip (call_tir of TE
+    # maximum/minimum) and HardSwish/HardSigmoid (relax.clip with PrimValue bounds).
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from compile.config import QuantScheme
+    from compile.pipeline import graph_passes
+
+    model = models.inverted_residual()
+    graph = model.graph
+    last = graph.node[-1]
+    hard = helper.make_node("HardSwish", [last.output[0]], ["hs"])
+    graph.node.append(hard)
+    graph.output[0].name = "hs"
+    mod = from_onnx(model)
+    assert "R.clip" in mod.script() and "call_tir" in mod.script()
+    mixed = tvm.transform.Sequential(graph_passes(QuantScheme.fp16))(mod)
+    script = mixed.script()
+    assert '"float16"' in script and "R.clip" not in script
+    assert "R.maximum" in script and "R.minimum" in script
+
+
+def test_gate_allows_a_drop_of_exactly_max_drop():
+    # 4 of 200 lines differ: 1 - 0.98 is 0.020000000000000018 in binary floating point.
+    assert GateResult({"match": 0.98}, 1.0 - 0.98, 0.02, 200, "match").passed
+    assert not GateResult({"match": 0.975}, 1.0 - 0.975, 0.02, 200, "match").passed
 
 
 def tiny_calibration(job, cache_dir):
