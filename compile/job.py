@@ -73,8 +73,9 @@ class CompileResult:
 def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int) -> dict[str, Any]:
     """Run the staged artifact through the runner and compare with ONNX Runtime.
 
-    Float models are compared with the source ONNX elementwise; int8 models with the QDQ
-    model (the same quantization) by cosine similarity and the task answer.
+    Float32 models are compared with the source ONNX elementwise; int8 models with the QDQ
+    model (the same quantization), and fp16 models with the float32 model, by cosine
+    similarity and the task answer.
     """
     imported, sample = prepared.imported, prepared.sample
     quantized = prepared.quantized
@@ -83,7 +84,8 @@ def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int)
     reference = reference_outputs(session, sample.inputs)
     model = runner.load(stage, num_threads=threads)
     ours = model.run(sample.inputs)
-    min_cosine = job.quant.verify_cosine if quantized else None
+    reduced = quantized is not None or job.quant.scheme == QuantScheme.fp16
+    min_cosine = job.quant.verify_cosine if reduced else None
     comparison = compare_outputs(ours, reference, job.model.atol, job.model.rtol, min_cosine)
     answer = answers_agree(job.model.task, ours, reference, imported.metadata)
     result: dict[str, Any] = {
@@ -110,7 +112,7 @@ def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int)
 
 def _gate(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int,
           validation: SampleSet) -> GateResult:
-    """The accuracy gate: the staged int8 artifact against ONNX Runtime's float32 model."""
+    """The accuracy gate: the staged int8/fp16 artifact against ONNX Runtime's float32 model."""
     model = runner.load(stage, num_threads=threads)
     session = ort_session(prepared.imported.onnx_path, threads)
     rounded = bf16_weights(onnx.load(str(prepared.imported.onnx_path)))
@@ -224,7 +226,8 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
                 reason = "this machine has no CUDA GPU to run it"
             verification = {"status": "skipped", "reason": reason}
         gate = None
-        if runnable and scheme == QuantScheme.int8 and verification["status"] == "passed":
+        if (runnable and scheme in (QuantScheme.int8, QuantScheme.fp16)
+                and verification["status"] == "passed"):
             validation = load_samples(job.quant.validation, job.model, imported.inputs,
                                       job.paths.cache_dir)
             gate = _gate(job, stage.path, prepared, threads, validation)
@@ -265,6 +268,11 @@ def _quantization_section(job: CompileJob, prepared: PreparedModel,
 
 def _gate_failure(job: CompileJob, prepared: PreparedModel, gate: GateResult,
                   validation: SampleSet, tracker: Tracker, attempt: int) -> QuantizationError:
+    if prepared.quantized is None:  # fp16: no quantized layers to report or keep in float
+        return QuantizationError(
+            f"{job.quant.scheme.name} accuracy gate failed: {gate.metric_name} drop "
+            f"{gate.drop:.2%} > quant.max_drop {gate.max_drop:.2%} on {gate.samples} validation "
+            "samples; raise quant.max_drop or build float32 (quant=none)")
     report = layer_report(prepared.fp32_onnx, prepared.quantized.path, validation)
     tracker.log_dict(report, f"layer_report_attempt{attempt}.json")
     worst = worst_layers(report, job.quant.keep_float_worst or 3)
@@ -343,12 +351,12 @@ def _log_run(tracker: Tracker, job: CompileJob, result: CompileResult, imported,
         if rounding.get("method") == "gptq":
             metrics.update({f"gptq_{k}": rounding[k]
                             for k in ("layers", "biases", "output_error_ratio")})
-        if "gate" in quant:
-            gate = quant["gate"]
-            metrics.update({f"gate_{k}": v for k, v in gate.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            tracker.log_text(gate["validation"], "validation_data.txt")
         tracker.log_text(quant["calibration"], "calibration_data.txt")
+    if "gate" in quant:  # int8 and fp16
+        gate = quant["gate"]
+        metrics.update({f"gate_{k}": v for k, v in gate.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_text(gate["validation"], "validation_data.txt")
     tracker.log_metrics(metrics, step=attempt - 1)
     tracker.log_artifact(manifest_path)
     tracker.log_dict({"op_counts": imported.op_counts}, "onnx_ops.json")
