@@ -7,12 +7,17 @@ embedding CUDA *source*, left to compile at load time on the deployment machine.
 device code, :func:`ensure_cuda_runtime` loads the driver library, or, without a driver, a stub
 that only exports the driver symbols TVM's CUDA runtime links against (no call succeeds; it
 exists so the library loads). Build-time code generation never calls the driver.
+
+Device code is compiled without nvcc's ``--use_fast_math``, which TVM 0.27 passes by default: it
+makes ``powf`` ``__powf`` (``exp2(y * log2(x))``), NaN for every negative base, and PP-OCRv4 rec's
+LayerNorm variance ``pow(x - mean, 2)`` gave NaN for every output on an H100 (2026-11-23).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import shutil
 import struct
 import subprocess
@@ -102,13 +107,46 @@ def gencode_flags(arch: str) -> list[str]:
     return ["-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"]
 
 
+#: TVM 0.27's ``compile_cuda`` leaves out ``--use_fast_math`` when this is set.
+_NO_FAST_MATH = "TVM_CUDA_NVCC_NO_FAST_MATH"
+
+
+def compile_device_code(code: str, fmt: str, arch: str) -> bytes:
+    """Compile CUDA C with nvcc (through TVM), IEEE-accurate: no ``--use_fast_math``.
+
+    Parameters
+    ----------
+    code : str
+        CUDA C source, as TVM's code generator writes it.
+    fmt : {"fatbin", "cubin", "ptx"}
+        Output format; a fatbin holds SASS for ``arch`` plus its PTX (:func:`gencode_flags`).
+    arch : str
+        e.g. ``"sm_90"``.
+
+    Raises
+    ------
+    RuntimeError
+        From TVM when nvcc fails.
+    """
+    saved = os.environ.get(_NO_FAST_MATH)
+    os.environ[_NO_FAST_MATH] = "1"
+    try:
+        return _tvm.nvcc.compile_cuda(code, fmt, compiler="nvcc",
+                                      arch=arch if fmt == "ptx" else gencode_flags(arch))
+    finally:
+        if saved is None:
+            os.environ.pop(_NO_FAST_MATH, None)
+        else:
+            os.environ[_NO_FAST_MATH] = saved
+
+
 @contextmanager
 def nvcc_fatbin(arch: str) -> Iterator[None]:
     """Within the block, TVM compiles CUDA kernels with nvcc into a fatbin for ``arch``."""
     default = _tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
 
     def compile_fatbin(code):
-        return _tvm.nvcc.compile_cuda(code, "fatbin", arch=gencode_flags(arch), compiler="nvcc")
+        return compile_device_code(code, "fatbin", arch)
 
     _tvm.register_global_func("tvm_callback_cuda_compile", compile_fatbin, override=True)
     try:

@@ -97,3 +97,45 @@ def test_multirun_builds_one_model_for_three_targets(tiny_dir, tmp_path):
              for t in ("x86_64", "aarch64", "cuda_sm80")}
     assert archs == {"x86_64": "x86_64", "aarch64": "aarch64", "cuda_sm80": "x86_64"}
     assert read_manifest(tmp_path / "conv_bn_relu" / "cuda_sm80")["device"] == "cuda"
+
+
+@needs_nvcc
+def test_device_code_is_compiled_without_fast_math():
+    # TVM 0.27 passes --use_fast_math to nvcc: powf becomes exp2(y * log2(x)), NaN for negative
+    # bases (PP-OCRv4 rec's LayerNorm variance pow(x - mean, 2) gave NaN on an H100).
+    import tvm
+
+    from compile import _tvm, cuda
+
+    source = ('extern "C" __global__ void k(float* y, const float* x) '
+              '{ y[threadIdx.x] = powf(x[threadIdx.x], 2.0f); }')
+    with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}):
+        ours = bytes(cuda.compile_device_code(source, "ptx", "sm_90")).decode()
+        default = bytes(_tvm.nvcc.compile_cuda(source, "ptx", arch="sm_90",
+                                               compiler="nvcc")).decode()
+    fast = ("lg2.approx.ftz.f32", "ex2.approx.ftz.f32", "add.ftz.f32")
+    assert all(op in default for op in fast)  # TVM's default: the fast-math powf
+    assert not any(op in ours for op in fast)
+    assert "ret;" in ours
+
+
+@needs_nvcc
+def test_runner_loads_tvm_cuda_runtime_or_says_what_is_missing(tiny_dir, job_for):
+    # The runner imports TVM's runtime alone, which registers no CUDA device API: it loads
+    # libtvm_runtime_cuda itself. Without an NVIDIA driver that fails with one clear line.
+    import ctypes.util
+    import subprocess
+    import sys
+
+    result = run_compile(job_for(tiny_dir / "conv_bn_relu.onnx", "target=cuda_sm90"))
+    run = subprocess.run([sys.executable, "-m", "runner", str(result.artifact_dir)],
+                         capture_output=True, text=True, timeout=120)
+    if ctypes.util.find_library("cuda") is None:
+        assert run.returncode == 2, run.stderr
+        assert "Traceback" not in run.stderr
+        assert "built for CUDA and TVM's CUDA runtime did not load (libcuda.so.1" in run.stderr
+        assert "libcudart.so.13" in run.stderr
+    elif run.returncode == 0:  # a GPU machine
+        assert "latency" in run.stdout or "output" in run.stdout
+    else:
+        assert "built for CUDA" in run.stderr and "Traceback" not in run.stderr
