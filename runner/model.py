@@ -66,6 +66,42 @@ def _import_tvm_runtime(num_threads: int | None):
     return tvm
 
 
+def _cuda_device(tvm, artifact_dir: Path):
+    """Return ``tvm.cuda(0)``, loading TVM's CUDA runtime library first where needed.
+
+    ``import tvm`` in runtime-only mode loads no device backend: without this, the CUDA device
+    API is missing ("Device API cuda is not enabled", seen on an H100 on 2026-11-23).
+    ``libtvm_runtime_cuda`` needs the NVIDIA driver (``libcuda.so.1``) and the CUDA 13 runtime
+    (``libcudart.so.13``).
+
+    Raises
+    ------
+    ArtifactError
+        The CUDA runtime does not load, or this machine has no CUDA GPU.
+    """
+    import tvm_ffi
+
+    if tvm_ffi.get_global_func("device_api.cuda", allow_missing=True) is None:
+        from tvm.base import _LOADED_LIBS
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+                package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
+                mode="RTLD_LOCAL")
+        except (OSError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ArtifactError(
+                f"{artifact_dir} is built for CUDA and TVM's CUDA runtime did not load ({first}): "
+                "this machine needs an NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime "
+                "(libcudart.so.13) on its library path (LD_LIBRARY_PATH)") from None
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise ArtifactError(f"{artifact_dir} is built for CUDA and this machine has no CUDA GPU")
+    return dev
+
+
 def _configure_thread_pool(tvm, num_threads: int) -> None:
     """Use ``num_threads`` workers of the calling thread's TVM pool, one per allowed CPU.
 
@@ -188,10 +224,7 @@ class CompiledModel:
         self.output_info = [TensorSpec.from_json(e) for e in manifest["outputs"]]
         tvm = _import_tvm_runtime(num_threads)
         self._tvm = tvm
-        self._dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-        if device == "cuda" and not self._dev.exist:
-            raise ArtifactError(f"{artifact_dir} is built for CUDA and this machine has no "
-                                "CUDA GPU")
+        self._dev = _cuda_device(tvm, artifact_dir) if device == "cuda" else tvm.cpu(0)
         library = artifact_dir / manifest["library"]["file"]
         try:
             lib = tvm.runtime.load_module(str(library))
