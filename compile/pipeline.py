@@ -17,6 +17,7 @@ import tvm
 
 from . import _tvm
 from .config import Layout, QuantScheme, TargetConfig, TargetKind
+from .errors import UnsupportedModelError
 from .passes import (
     CapUnroll,
     ClipToMaxMin,
@@ -123,6 +124,12 @@ class Pipeline:
             PrimFunc count after each phase, by phase name; NHWC pipelines add
             ``layout_transposes``, the activation transposes after the graph phase
             (:func:`count_layout_transposes`).
+
+        Raises
+        ------
+        UnsupportedModelError
+            A TVM pass fails one of its checks on this model (e.g. ``ToMixedPrecision`` on an
+            operator it cannot type).
         """
         kernels = {}
         with target:
@@ -130,7 +137,15 @@ class Pipeline:
             for index, (phase, passes) in enumerate(self.phases, start=1):
                 if not passes:
                     continue
-                mod = tvm.transform.Sequential([*passes, DumpIR(self.dump_dir, index, phase)])(mod)
+                try:
+                    mod = tvm.transform.Sequential(
+                        [*passes, DumpIR(self.dump_dir, index, phase)])(mod)
+                except tvm.error.InternalError as err:  # a TVM pass's check failed
+                    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+                    raise UnsupportedModelError(
+                        f"TVM's {phase} passes of the {self.name} pipeline failed on this model "
+                        f"({lines[-1] if lines else type(err).__name__}); try another quant "
+                        "scheme (e.g. quant=none) or target.layout, or report the model") from None
                 kernels[phase] = count_kernels(mod)
                 if phase == "graph" and "ConvertLayout" in self.pass_names:
                     kernels["layout_transposes"] = count_layout_transposes(mod)

@@ -118,6 +118,17 @@ def test_relax_clip_with_prim_bounds_for_mixed_precision():
     assert '"float16"' in mixed.script()  # the convolution now computes in half
 
 
+def test_a_failing_tvm_pass_is_an_unsupported_model_error():
+    from compile.errors import UnsupportedModelError
+    from compile.pipeline import Pipeline
+
+    pipeline = Pipeline("gpu-fp16", (("graph", (relax.transform.ToMixedPrecision("float32"),)),))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
+    with pytest.raises(UnsupportedModelError, match="graph passes of the gpu-fp16 pipeline "
+                       "failed on this model .*Expected TensorType.*quant=none"):
+        pipeline.run(RelaxClip, target)
+
+
 def test_rewritten_clip_computes_the_same_bits():
     before = _imported_clip(relax.const(np.float32(-0.5)), relax.const(np.float32(6)))
     x = (np.random.default_rng(0).standard_normal(SHAPE) * 8).astype(np.float32)
