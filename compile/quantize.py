@@ -363,12 +363,13 @@ def quantize(fp32: onnx.ModelProto, onnx_sha256: str, cfg: QuantConfig, calibrat
                 else:
                     onnx.save(fp32, str(source))  # quantize_static changes a ModelProto it is given
                     _onnxruntime_quantize(source, out, cfg, calibration, exclude)
+                qdq = onnx.load(str(out))
                 if cfg.weight_rounding == "gptq":
-                    rounded = onnx.load(str(out))
-                    gptq(rounded, fp32, calibration.samples)
-                    onnx.save(rounded, str(out))
+                    gptq(qdq, fp32, calibration.samples)
+                    onnx.save(qdq, str(out))
                 out.replace(path)
-        qdq = onnx.load(str(path))
+        else:
+            qdq = onnx.load(str(path))
     quantized, kept = _quantized_nodes(qdq)
     if not quantized:
         raise QuantizationError("nothing was quantized: every Conv/MatMul/Gemm stayed float "
