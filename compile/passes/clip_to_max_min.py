@@ -14,7 +14,7 @@ computes the bounds with ``where(isnan(c), ±inf, c)``). The constant gets ``x``
 elementwise maximum/minimum, bit for bit; anything else is left as is.
 
 With ``prim_bounds=True`` it also rewrites Relax's own ``clip`` (the importer's ``HardSigmoid``
-and ``Clip`` with attribute bounds, e.g. in PP-OCRv4):
+and ``HardSwish``, e.g. in PP-OCRv4):
 
     relax.clip(x, R.prim_value(lo), R.prim_value(hi)) -> minimum(maximum(x, lo), hi)
 
