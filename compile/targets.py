@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from runner.model import host_arch
@@ -37,15 +38,49 @@ def isa_features(mcpu: str) -> set[str]:
     return {str(f) for f in features if str(f).startswith(ISA_FEATURE_PREFIXES)}
 
 
+#: /proc/cpuinfo flags whose LLVM feature name is not the flag without underscores.
+CPUINFO_FLAGS = {"sse4_1": "sse4.1", "sse4_2": "sse4.2", "pclmulqdq": "pclmul", "abm": "lzcnt",
+                 "amx_int8": "amx-int8", "amx_bf16": "amx-bf16", "amx_tile": "amx-tile",
+                 "amx_fp16": "amx-fp16", "avx_vnni": "avxvnni"}
+
+#: Features whose instructions LLVM emits only for their own intrinsics or for non-temporal
+#: stores, neither of which TVM's kernels contain: AMD's SSE4A (``extrq``, ``insertq``,
+#: ``movntss``/``movntsd``) and ``vp2intersect``. Code for a CPU that has them runs on one that
+#: has not (``znver3`` code on an Intel Xeon; checked on the compiled ppocr_det in
+#: ``tests/test_tuning.py``).
+UNUSED_FEATURES = frozenset({"sse4a", "avx512vp2intersect"})
+
+
+def host_isa_features() -> set[str]:
+    """Return this CPU's instruction-set features: LLVM's for :func:`host_cpu` and /proc/cpuinfo's.
+
+    LLVM names the CPU by its model (a Sapphire Rapids Xeon under a hypervisor reads as
+    ``rocketlake``, which lacks its ``avxvnni`` and ``avx512bf16``); the kernel's flags
+    (``avx512_vnni`` -> ``avx512vnni``, :data:`CPUINFO_FLAGS`) add what the CPU reports having.
+    """
+    features = isa_features(host_cpu())
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        line = next((line for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("flags")), "")
+        for flag in line.partition(":")[2].split():
+            name = CPUINFO_FLAGS.get(flag, flag.replace("_", ""))
+            if name.startswith(ISA_FEATURE_PREFIXES):
+                features.add(name)
+    return features
+
+
 def host_runs(mcpu: str) -> bool:
     """Whether code LLVM generates for ``mcpu`` runs on this machine's CPU.
 
-    True when every instruction-set feature of ``mcpu`` is one of this CPU's (as LLVM knows
-    both, :func:`isa_features`), e.g. ``znver3`` code on a ``znver5``; False for unknown CPUs.
+    True when every instruction-set feature of ``mcpu`` that kernels can contain (not
+    :data:`UNUSED_FEATURES`) is one of this CPU's (:func:`isa_features`,
+    :func:`host_isa_features`), e.g. ``znver3`` code on a ``znver5`` or on an Intel Xeon with
+    AVX-512; False for unknown CPUs.
     """
     if not _tvm.llvm_is_valid_cpu(mcpu, ""):
         return False
-    return isa_features(mcpu) <= isa_features(host_cpu())
+    return isa_features(mcpu) - UNUSED_FEATURES <= host_isa_features()
 
 
 def target_dict(cfg: TargetConfig) -> dict[str, Any]:

@@ -139,3 +139,21 @@ def test_runner_loads_tvm_cuda_runtime_or_says_what_is_missing(tiny_dir, job_for
         assert "latency" in run.stdout or "output" in run.stdout
     else:
         assert "built for CUDA" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("mcpu", ["znver3", "znver5"])
+def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir, job_for, mcpu):
+    """host_runs ignores SSE4A and VP2INTERSECT (compile.targets.UNUSED_FEATURES): kernels
+    compiled for a CPU that has them contain none of their instructions, so the committed Zen
+    databases' code runs on CPUs without them (Intel)."""
+    from compile.build import instruction_counts
+
+    unused = ("extrq", "insertq", "movntss", "movntsd", "vp2intersectd", "vp2intersectq")
+    for model in ("inverted_residual", "matmul_gelu_layernorm"):
+        result = run_compile(job_for(tiny_dir / f"{model}.onnx", f"target.mcpu={mcpu}",
+                                     "verify.enabled=false"))
+        counts = instruction_counts(result.artifact_dir / "model.so", unused + ("ret",))
+        if not counts:
+            pytest.skip("objdump not installed")
+        assert counts.pop("ret") > 0  # the disassembly was read
+        assert counts == dict.fromkeys(unused, 0)
