@@ -8,6 +8,7 @@ rejects Reshape/Pad/Range of computed shapes that folding removes, ../shared/TVM
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -48,6 +49,7 @@ class ImportedModel:
     onnx_path : Path
         The source ONNX file (the reference for verification).
     onnx_sha256 : str
+        sha256 of the ONNX file's bytes.
     opset : int
         The default-domain opset of the source model.
     inputs, outputs : list of TensorSpec
@@ -60,6 +62,8 @@ class ImportedModel:
         Operator histogram of the source graph (subgraphs included).
     import_s : float
         Wall time of this stage, seconds.
+    graph_sha256 : str
+        :func:`graph_sha256` of the source model: what tuning databases are matched on.
     """
 
     mod: object
@@ -72,6 +76,42 @@ class ImportedModel:
     metadata: dict[str, str] = field(default_factory=dict)
     op_counts: dict[str, int] = field(default_factory=dict)
     import_s: float = 0.0
+    graph_sha256: str = ""
+
+
+_TENSOR_DATA = ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                "uint64_data", "string_data")
+
+
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """sha256 of an ONNX model without its initializers' values, doc strings and producer.
+
+    What the kernels of a model depend on: operators, attributes, topology, opsets and every
+    tensor's name, dtype and shape, but not the weights' values. Tuning databases are matched
+    on it, so a database fits a model exported again with weights that differ in their last
+    bits (PyTorch's export of mobilenet_v2 on an Intel Xeon against an AMD EPYC, 2026-11-23)
+    or retrained with the same architecture.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    bare.producer_name = bare.producer_version = bare.doc_string = ""
+    bare.graph.doc_string = ""
+    for tensor in bare.graph.initializer:
+        for name in _TENSOR_DATA:
+            tensor.ClearField(name)
+        tensor.doc_string = ""
+    for node in bare.graph.node:
+        node.doc_string = ""
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -280,5 +320,5 @@ def import_model(path: Path, config: ModelConfig, rewrite: Rewrite | None = None
     log.info("imported %s: opset %d, %d nodes, inputs %s", path.name, opset,
              sum(counts.values()), [(s.name, s.shape) for s in specs])
     return ImportedModel(mod, path, sha256_file(path), opset, specs, outputs, prepared,
-                         metadata, counts, time.perf_counter() - start)
+                         metadata, counts, time.perf_counter() - start, graph_sha256(model))
 

@@ -69,7 +69,7 @@ class PreparedModel:
     def database_key(self) -> DatabaseKey:
         """What a tuning database for this model and target must have been tuned for."""
         return DatabaseKey(self.imported.onnx_sha256, self.pipeline.fingerprint,
-                           self.target_json, _tvm.TVM_VERSION)
+                           self.target_json, _tvm.TVM_VERSION, self.imported.graph_sha256)
 
 
 def check_quant_target(quant: QuantConfig, target_cfg: TargetConfig) -> None:

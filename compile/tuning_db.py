@@ -37,23 +37,30 @@ RECORD_FILE = "database_tuning_record.json"
 PROVENANCE_FILE = "provenance.json"
 PROVENANCE_SCHEMA = 1
 
-#: Provenance fields that must equal the job's for the database to be used.
-MATCH_FIELDS = ("onnx_sha256", "pipeline_fingerprint", "target", "tvm_version")
+#: Provenance fields that must equal the job's for the database to be used. A provenance
+#: written before 2026-11-23 has no ``graph_sha256``: its ``onnx_sha256`` is compared instead.
+MATCH_FIELDS = ("graph_sha256", "pipeline_fingerprint", "target", "tvm_version")
 
 
 @dataclass(frozen=True)
 class DatabaseKey:
-    """What a database was tuned for; two keys must be equal to share records."""
+    """What a database was tuned for; two keys must be equal to share records.
+
+    ``graph_sha256`` (:func:`compile.importer.graph_sha256`: the model without its weights'
+    values) identifies the model; ``onnx_sha256`` (its bytes) is recorded for reference.
+    """
 
     onnx_sha256: str
     pipeline_fingerprint: str
     target: dict
     tvm_version: str
+    graph_sha256: str
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as stored in ``provenance.json``."""
-        return {"onnx_sha256": self.onnx_sha256, "pipeline_fingerprint": self.pipeline_fingerprint,
-                "target": self.target, "tvm_version": self.tvm_version}
+        return {"onnx_sha256": self.onnx_sha256, "graph_sha256": self.graph_sha256,
+                "pipeline_fingerprint": self.pipeline_fingerprint, "target": self.target,
+                "tvm_version": self.tvm_version}
 
 
 def _describe_difference(field: str, have: Any, want: Any) -> str:
@@ -62,6 +69,7 @@ def _describe_difference(field: str, have: Any, want: Any) -> str:
         diff = ", ".join(f"{k}: {have.get(k)!r} vs {want.get(k)!r}" for k in keys)
         return f"target differs ({diff})"
     names = {"onnx_sha256": "model bytes (ONNX sha256)",
+             "graph_sha256": "model graph (ONNX sha256 without weight values)",
              "pipeline_fingerprint": "preparation pipeline", "tvm_version": "TVM version"}
     return f"{names[field]} differs ({str(have)[:16]} vs {str(want)[:16]})"
 
@@ -69,8 +77,10 @@ def _describe_difference(field: str, have: Any, want: Any) -> str:
 def mismatch(provenance: dict[str, Any], key: DatabaseKey) -> str | None:
     """Return what differs between a database's provenance and a job, or None if it matches."""
     wanted = key.as_dict()
+    fields = [f if f != "graph_sha256" or "graph_sha256" in provenance else "onnx_sha256"
+              for f in MATCH_FIELDS]
     problems = [_describe_difference(f, provenance.get(f), wanted[f])
-                for f in MATCH_FIELDS if provenance.get(f) != wanted[f]]
+                for f in fields if provenance.get(f) != wanted[f]]
     return "; ".join(problems) or None
 
 

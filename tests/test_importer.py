@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from compile.config import ModelConfig
 from compile.errors import ConfigError, UnsupportedModelError
-from compile.importer import find_unsupported_ops, import_model, load_onnx
+from compile.importer import find_unsupported_ops, graph_sha256, import_model, load_onnx
 from compile.job import run_compile
 from compile.verify import ort_session, reference_outputs
 from runner import load
@@ -101,3 +102,19 @@ def test_op_histogram_counts_subgraphs():
 
     counts = op_histogram(models.if_model())
     assert counts["Mul"] == 1 and counts["Sub"] == 1 and counts["If"] == 1
+
+
+def test_graph_sha256_ignores_weight_values_only():
+    model = models.conv_bn_relu()
+    base = graph_sha256(model)
+    other = models.conv_bn_relu()
+    weight = other.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values + 1e-6, weight.name))
+    other.producer_version = "another exporter"
+    assert graph_sha256(other) == base
+    other.graph.node[0].op_type = "ConvTranspose"
+    assert graph_sha256(other) != base
+    wider = models.conv_bn_relu()
+    wider.graph.initializer[0].dims[0] += 1
+    assert graph_sha256(wider) != base

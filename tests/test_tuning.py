@@ -52,7 +52,8 @@ def test_smoke_tuning_writes_database_and_provenance(tuned):
     provenance = read_provenance(folder)
     assert provenance["target"]["mcpu"] == job.target.mcpu or provenance["target"]["kind"] == "llvm"
     assert provenance["tvm_version"].startswith("0.27")
-    assert len(provenance["onnx_sha256"]) == 64 and provenance["pipeline"] == "cpu-none"
+    assert len(provenance["onnx_sha256"]) == len(provenance["graph_sha256"]) == 64
+    assert provenance["pipeline"] == "cpu-none"
     assert provenance["trials_total"] == 8 and provenance["runs"][-1]["trials"] == 8
     assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
     assert result.est_latency_ms and result.est_latency_ms > 0
@@ -167,10 +168,34 @@ def test_database_of_another_model_is_refused(tuned, tmp_path):
     copy = tmp_path / "db"
     shutil.copytree(result.database, copy)
     provenance = json.loads((copy / "provenance.json").read_text())
+    provenance["graph_sha256"] = "0" * 64
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    with pytest.raises(TuningDatabaseError, match="model graph"):
+        run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+    del provenance["graph_sha256"]  # written before 2026-11-23: matched on the model's bytes
     provenance["onnx_sha256"] = "0" * 64
     (copy / "provenance.json").write_text(json.dumps(provenance))
     with pytest.raises(TuningDatabaseError, match="model bytes"):
         run_compile(compose(*_overrides(job), f"tuning.database={copy}"))
+
+
+def test_database_fits_the_model_with_other_weight_values(tuned, tmp_path):
+    """Matched on the graph without weight values: the same model exported on another CPU
+    (weights differing in their last bits) or retrained keeps its database."""
+    import onnx
+
+    job, result = tuned
+    model = onnx.load(str(job.model.path))
+    for tensor in model.graph.initializer:
+        values = onnx.numpy_helper.to_array(tensor)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(values * 1.001, tensor.name))
+    retrained = tmp_path / "retrained.onnx"
+    onnx.save(model, str(retrained))
+    overrides = [o for o in _overrides(job) if not o.startswith("model.path=")]
+    compiled = run_compile(compose(*overrides, f"model.path={retrained}",
+                                   f"tuning.database={result.database}"))
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"]
+    assert compiled.verification["status"] == "passed"
 
 
 def test_unmatched_conventional_database_only_warns(tuned, tmp_path):

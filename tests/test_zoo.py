@@ -65,3 +65,25 @@ def test_mobilenet_v2_int16_gptq_keeps_top1(tmp_path):
     assert quant["weight_rounding"]["output_error_ratio"] < 0.5
     assert quant["gate"]["passed"] and quant["gate"]["validation_samples"] == 200
     assert result.verification["status"] == "passed"
+
+
+@pytest.mark.parametrize("model", ["ppocr_cls", "ppocr_det", "ppocr_rec", "mobilenet_v2"])
+def test_committed_databases_fit_the_model_as_fetched_here(model):
+    """Every committed tuning database of a zoo model was tuned for the graph this machine
+    fetches (or exports: PyTorch's export differs in the weights' last bits across CPUs)."""
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from compile.importer import graph_sha256
+    from compile.zoo import fetch_model
+
+    if model == "mobilenet_v2":
+        pytest.importorskip("torch", reason="mobilenet_v2 is exported from PyTorch weights")
+    path = fetch_model(compose(f"model={model}").model, CACHE_DIR)
+    graph = graph_sha256(onnx.load(str(path)))
+    root = Path(__file__).resolve().parents[1] / "tune_logs" / model
+    provenances = [json.loads(p.read_text()) for p in sorted(root.rglob("provenance.json"))]
+    assert provenances
+    assert {p["graph_sha256"] for p in provenances} == {graph}
