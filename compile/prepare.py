@@ -32,7 +32,7 @@ from .importer import ImportedModel, import_model
 from .pipeline import Pipeline, preparation_pipeline
 from .quantize import QuantizedModel, quantize
 from .samples import Sample, make_sample
-from .targets import exported_target, host_cpu, host_runs, resolve_target
+from .targets import exported_target, host_cpu, host_runs, isa_features, resolve_target
 from .tuning_db import AppliedDatabase, DatabaseKey, apply_database, mismatch, read_provenance
 from .zoo import fetch_model
 
@@ -160,17 +160,37 @@ def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant:
                     explicit: str | None = None) -> Path:
     """The tuning database: ``tuning.database``, else by convention under ``tune_logs``.
 
-    By convention: :func:`variant_path`, except that for ``target.mcpu: host`` (an llvm target
-    for this machine) a database tuned on this CPU, under ``<target>-<cpu>`` instead of
-    ``<target>`` (``tune_logs/mobilenet_v2/x86_64-znver5/nhwc`` on a Zen 5), is taken first
-    when there is one.
+    By convention: :func:`variant_path`, except for llvm targets without ``mtriple``, which
+    also look in the folders of databases tuned on one CPU, ``<target>-<cpu>`` instead of
+    ``<target>`` (``tune_logs/mobilenet_v2/x86_64-znver5/nhwc``):
+
+    * ``target.mcpu: host`` (this machine): the folder for this CPU when there is one; else, of
+      the databases under ``<target>`` and ``<target>-<other cpu>`` tuned on a CPU whose code
+      this one runs (:func:`compile.targets.host_runs`), the one of the CPU with the most
+      instruction sets (``x86_64-znver5`` before ``x86_64``, tuned on a ``znver3``, on an Intel
+      Xeon with AVX-512; :func:`adopt_database_cpu` then compiles for that CPU);
+    * a named ``target.mcpu``: the first of those folders whose database was tuned for it.
     """
     if explicit:
         return Path(explicit)
+    plain = variant_path(paths.tune_logs_dir, model, target, quant)
+    if target.kind != TargetKind.llvm or target.mtriple:
+        return plain
     own = host_cpu_folder(paths, model, target, quant)
     if own is not None and read_provenance(own) is not None:
         return own
-    return variant_path(paths.tune_logs_dir, model, target, quant)
+    others = [variant_path(paths.tune_logs_dir, model, replace(target, name=root.name), quant)
+              for root in sorted(Path(paths.tune_logs_dir, model).glob(f"{target.name}-*"))]
+    tuned_for = {}
+    for folder in [plain, *others]:
+        mcpu = ((read_provenance(folder) or {}).get("target") or {}).get("mcpu")
+        if isinstance(mcpu, str):
+            tuned_for.setdefault(mcpu, folder)
+    if target.mcpu != "host":
+        return tuned_for.get(target.mcpu, plain)
+    runnable = [(len(isa_features(mcpu)), folder == plain, folder)
+                for mcpu, folder in tuned_for.items() if host_runs(mcpu)]
+    return max(runnable, key=lambda r: r[:2])[2] if runnable else plain
 
 
 def host_cpu_folder(paths: PathsConfig, model: str, target: TargetConfig,

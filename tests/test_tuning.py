@@ -139,6 +139,25 @@ def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
     assert again.database == own and count_records(own) == 10
 
 
+def test_database_of_the_richest_cpu_this_one_runs_is_taken_by_convention(tuned, tmp_path):
+    """No database for this CPU: of those under x86_64 and x86_64-<cpu>, the one tuned on the
+    CPU with the most instruction sets whose code this one runs (a Zen 5's on an Intel Xeon)."""
+    job, result = tuned
+    logs = tmp_path / "tune_logs" / "conv_bn_relu"
+    for folder, mcpu in (("x86_64", "x86-64"), ("x86_64-v2cpu", "x86-64-v2"),
+                         ("x86_64-future", "diamondrapids")):
+        shutil.copytree(result.database, logs / folder)
+        provenance = json.loads((logs / folder / "provenance.json").read_text())
+        provenance["target"]["mcpu"] = mcpu
+        (logs / folder / "provenance.json").write_text(json.dumps(provenance))
+    if host_runs("diamondrapids") or not host_runs("x86-64-v2"):
+        pytest.skip("this CPU runs diamondrapids code, or not x86-64-v2 code")
+    compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
+    assert compiled.tuning["database"].endswith("x86_64-v2cpu"), compiled.warnings
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
+    assert read_manifest(compiled.artifact_dir)["target"]["mcpu"] == "x86-64-v2"
+
+
 def test_drop_stale_keeps_only_the_kernels_the_model_has(tiny_dir, tmp_path):
     """Another input shape's kernels stay in the folder, and go with tuning.drop_stale."""
     def tune(batch: int, *overrides: str):
