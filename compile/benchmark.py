@@ -99,7 +99,7 @@ class BenchResult:
 
 
 def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path | None:
-    """The artifact folder if it was built from this model with the current database."""
+    """The artifact folder if it was built from this model, target and database."""
     folder = variant_path(job.paths.artifacts_dir, str(job.model.name), job.target,
                           job.quant.scheme)
     try:
@@ -108,6 +108,7 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
         return None
     quantized = prepared.quantized.settings if prepared.quantized else None
     fresh = (manifest["model"]["onnx_sha256"] == prepared.imported.onnx_sha256
+             and manifest["target"] == prepared.target_json
              and manifest["tuning"]["database_sha256"] == sha
              and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
              and manifest["pipeline"].get("max_unroll_steps") == job.target.max_unroll_steps

@@ -297,6 +297,7 @@ def import_model(path: Path, config: ModelConfig, rewrite: Rewrite | None = None
     """
     start = time.perf_counter()
     model = load_onnx(path)
+    graph = graph_sha256(model)  # of the file as it is (fixing shapes and folding change it)
     unsupported = find_unsupported_ops(model)
     if unsupported:
         raise UnsupportedModelError(
@@ -320,5 +321,5 @@ def import_model(path: Path, config: ModelConfig, rewrite: Rewrite | None = None
     log.info("imported %s: opset %d, %d nodes, inputs %s", path.name, opset,
              sum(counts.values()), [(s.name, s.shape) for s in specs])
     return ImportedModel(mod, path, sha256_file(path), opset, specs, outputs, prepared,
-                         metadata, counts, time.perf_counter() - start, graph_sha256(model))
+                         metadata, counts, time.perf_counter() - start, graph)
 

@@ -7,9 +7,11 @@ import os
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from compile.errors import ConfigError, TuningDatabaseError
+from compile.importer import graph_sha256
 from compile.job import run_compile
 from compile.targets import host_cpu, host_runs
 from compile.tuning import run_tune
@@ -53,6 +55,8 @@ def test_smoke_tuning_writes_database_and_provenance(tuned):
     assert provenance["target"]["mcpu"] == job.target.mcpu or provenance["target"]["kind"] == "llvm"
     assert provenance["tvm_version"].startswith("0.27")
     assert len(provenance["onnx_sha256"]) == len(provenance["graph_sha256"]) == 64
+    # Of the file as it is, not of the model after shape fixing and folding (BN into the conv).
+    assert provenance["graph_sha256"] == graph_sha256(onnx.load(str(job.model.path)))
     assert provenance["pipeline"] == "cpu-none"
     assert provenance["trials_total"] == 8 and provenance["runs"][-1]["trials"] == 8
     assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
@@ -201,8 +205,6 @@ def test_database_of_another_model_is_refused(tuned, tmp_path):
 def test_database_fits_the_model_with_other_weight_values(tuned, tmp_path):
     """Matched on the graph without weight values: the same model exported on another CPU
     (weights differing in their last bits) or retrained keeps its database."""
-    import onnx
-
     job, result = tuned
     model = onnx.load(str(job.model.path))
     for tensor in model.graph.initializer:
@@ -316,6 +318,11 @@ def test_bench_rebuilds_an_artifact_that_older_post_tuning_passes_built(tuned, t
     ensure_artifact(bench_job)
     assert manifest_path.stat().st_mtime_ns != built  # rebuilt
     assert "CanonicalizeBindings" in read_manifest(folder)["pipeline"]["post_tuning_passes"]
+    manifest = json.loads(manifest_path.read_text())
+    manifest["target"]["mcpu"] = "x86-64"  # built for another CPU (before adopting a database)
+    manifest_path.write_text(json.dumps(manifest))
+    ensure_artifact(bench_job)
+    assert read_manifest(folder)["target"]["mcpu"] == host_cpu()  # rebuilt
 
 
 def test_records_of_shared_kernels_are_reused(tuned, tmp_path):
