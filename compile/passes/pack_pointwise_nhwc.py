@@ -29,12 +29,10 @@ binding, and every later user of ``x`` (the residual add of an inverted-residual
 rather than staying a kernel of its own when ``x`` has several users.
 
 16-bit data (``quant.activation_type=int16``) takes the 16-bit channel form where the target
-has one (:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_16x2`, AVX-512 VNNI ``vpdpwssd``;
-:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_8x2`, its 256-bit form, where the output
-channels are a multiple of 8 but not of 16): int16 data as it is, with 2 reduction elements
-per call, so the weights are packed as ``Wp[o // 16, c // 2, o % 16, c % 2]`` (still int8;
-``o // 8`` and ``o % 8`` for 8 lanes) and the kernels are named
-``int8_pointwise_nhwc_dot16x2…`` (``…dot8x2…``). uint16 data is stored as ``int16(x - 32768)`` and
+has one (:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_16x2`, AVX-512 VNNI ``vpdpwssd``):
+int16 data as it is, with 2 reduction elements per call, so the weights are packed as
+``Wp[o // 16, c // 2, o % 16, c % 2]`` (still int8) and the kernels are named
+``int8_pointwise_nhwc_dot16x2…``. uint16 data is stored as ``int16(x - 32768)`` and
 ``32768 * sum_c W[o, c]`` is added, the same shift the other way round: the int32 sums are
 the same modulo 2**32, so the result is identical wherever the convolution's own int32 sum
 does not wrap.
@@ -42,7 +40,7 @@ does not wrap.
 Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
 Taken only on llvm x86 targets with AVX2 (16-bit data: AVX-512 VNNI), for 1×1 convolutions with
 stride 1, no padding, dilation 1, one group, uint8, int8, int16 or uint16 data, C a multiple of
-4 (16-bit: 2), O a multiple of 8 (matmuls: K and N alike, two rows or more),
+4 (16-bit: 2), O a multiple of 8 (16-bit: 16) (matmuls: K and N alike, two rows or more),
 static shapes and,
 on targets without VNNI, weights that cannot saturate ``vpmaddubsw``
 (:func:`compile.intrinsics.saturation_free`); anything else is left as is.
@@ -78,17 +76,15 @@ _SHIFTS = {"int8": ("uint8", 128, "int16"), "uint16": ("int16", -32768, "int32")
 
 
 def _tag(lanes: int, reduce: int) -> str:
-    if reduce != REDUCE:
-        return f"{lanes}x{reduce}"
-    return "" if lanes == LANES else str(lanes)
+    return ("" if lanes == LANES else str(lanes)) + ("" if reduce == REDUCE else f"x{reduce}")
 
 
 def channel_dot_name(channels: int, out_channels: int, height: int, width: int,
                      lanes: int = LANES, reduce: int = REDUCE) -> str:
     """Name of a dot-product PrimFunc.
 
-    The prefix, then ``16`` for 16 lanes (8-bit data), or ``16x2`` / ``8x2`` for 16 / 8 lanes
-    of 2 reduction elements (16-bit data), then its shape.
+    The prefix, then ``16`` for 16 lanes and ``x2`` for 2 reduction elements (16-bit data),
+    then its shape.
     """
     return (f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_c{channels}_o{out_channels}"
             f"_h{height}_w{width}")
@@ -101,7 +97,7 @@ def channel_dot_kind(name: str) -> tuple[int, int] | None:
     """
     if CHANNEL_DOT_PREFIX not in name:
         return None
-    for lanes, reduce in ((16, 2), (LANES, 2), (16, REDUCE), (LANES, REDUCE)):
+    for lanes, reduce in ((16, 2), (16, REDUCE), (LANES, REDUCE)):
         if f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_" in name:
             return lanes, reduce
     return None
