@@ -46,8 +46,8 @@ CPUINFO_FLAGS = {"sse4_1": "sse4.1", "sse4_2": "sse4.2", "pclmulqdq": "pclmul", 
 #: Features whose instructions LLVM emits only for their own intrinsics or for non-temporal
 #: stores, neither of which TVM's kernels contain: AMD's SSE4A (``extrq``, ``insertq``,
 #: ``movntss``/``movntsd``) and ``vp2intersect``. Code for a CPU that has them runs on one that
-#: has not (``znver3`` code on an Intel Xeon; checked on the compiled ppocr_det in
-#: ``tests/test_tuning.py``).
+#: has not (``znver3`` code on an Intel Xeon): checked on the tiny models compiled for
+#: ``znver3`` and ``znver5`` in ``tests/test_targets.py``, and by hand on ppocr_det (2026-11-23).
 UNUSED_FEATURES = frozenset({"sse4a", "avx512vp2intersect"})
 
 
