@@ -28,7 +28,7 @@ from .baselines import (
 from .config import Baseline, BenchJob, QuantScheme, host_threads
 from .errors import ConfigError
 from .job import run_compile
-from .pipeline import post_tuning_pass_names
+from .pipeline import code_sha256, post_tuning_pass_names
 from .prepare import (
     PreparedModel,
     adopt_database_cpu,
@@ -99,7 +99,7 @@ class BenchResult:
 
 
 def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path | None:
-    """The artifact folder if it was built from this model, target and database."""
+    """The artifact folder if it was built from this model, target and database by this code."""
     folder = variant_path(job.paths.artifacts_dir, str(job.model.name), job.target,
                           job.quant.scheme)
     try:
@@ -111,6 +111,7 @@ def _current_artifact(job: BenchJob, prepared: PreparedModel, sha: str) -> Path 
              and manifest["target"] == prepared.target_json
              and manifest["tuning"]["database_sha256"] == sha
              and manifest["pipeline"]["fingerprint"] == prepared.pipeline.fingerprint
+             and manifest["pipeline"].get("code_sha256") == code_sha256()
              and manifest["pipeline"].get("max_unroll_steps") == job.target.max_unroll_steps
              and manifest["pipeline"].get("post_tuning_passes")
              == post_tuning_pass_names(job.target)

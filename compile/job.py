@@ -28,7 +28,7 @@ from .artifact import StagedArtifact, build_manifest, package_version, write_jso
 from .config import CompileJob, QuantScheme, host_threads
 from .datasets import SampleSet, load_samples
 from .errors import QuantizationError, VerificationError
-from .pipeline import post_tuning_pass_names
+from .pipeline import code_sha256, post_tuning_pass_names
 from .prepare import (
     PreparedModel,
     adopt_database_cpu,
@@ -206,7 +206,7 @@ def _compile_once(job: CompileJob, tracker: Tracker, exclude: list[str],
             device=cfg_t.device, library=stage.library, library_arch=library_arch(cfg_t),
             device_code=built.device_code,
             pipeline={"name": pipeline.name, "fingerprint": pipeline.fingerprint,
-                      "passes": pipeline.pass_names,
+                      "code_sha256": code_sha256(), "passes": pipeline.pass_names,
                       "max_unroll_steps": cfg_t.max_unroll_steps,
                       "post_tuning_passes": post_tuning_pass_names(cfg_t),
                       "layout": cfg_t.layout.name},

@@ -8,6 +8,7 @@ another pipeline is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -46,6 +47,22 @@ def unroll_cap(target: TargetConfig) -> int | None:
     """
     return target.max_unroll_steps if family(target) == "cpu" else None
 
+
+
+@functools.cache
+def code_sha256() -> str:
+    """sha256 of the ``compile`` package's Python sources (16 hex digits).
+
+    Recorded in each artifact's manifest (``pipeline.code_sha256``): the bench job rebuilds an
+    artifact that other code built. The pipeline's fingerprint (pass names) does not change
+    when a pass's code does, so that tuning databases outlive such changes; an artifact should
+    not (on 2026-11-23 a bench run timed an artifact built by a reverted change).
+    """
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 @dataclass(frozen=True)
 class Pipeline:

@@ -319,6 +319,12 @@ def test_bench_rebuilds_an_artifact_that_older_post_tuning_passes_built(tuned, t
     assert manifest_path.stat().st_mtime_ns != built  # rebuilt
     assert "CanonicalizeBindings" in read_manifest(folder)["pipeline"]["post_tuning_passes"]
     manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["code_sha256"] = "0" * 16  # built by other code (a pass changed since)
+    manifest_path.write_text(json.dumps(manifest))
+    built = manifest_path.stat().st_mtime_ns
+    ensure_artifact(bench_job)
+    assert manifest_path.stat().st_mtime_ns != built  # rebuilt
+    manifest = json.loads(manifest_path.read_text())
     manifest["target"]["mcpu"] = "x86-64"  # built for another CPU (before adopting a database)
     manifest_path.write_text(json.dumps(manifest))
     ensure_artifact(bench_job)
