@@ -48,7 +48,6 @@ def unroll_cap(target: TargetConfig) -> int | None:
     return target.max_unroll_steps if family(target) == "cpu" else None
 
 
-
 @functools.cache
 def code_sha256() -> str:
     """sha256 of the ``compile`` package's Python sources (16 hex digits).
@@ -63,6 +62,7 @@ def code_sha256() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Pipeline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,12 +52,14 @@ CPUINFO_FLAGS = {"sse4_1": "sse4.1", "sse4_2": "sse4.2", "pclmulqdq": "pclmul", 
 UNUSED_FEATURES = frozenset({"sse4a", "avx512vp2intersect"})
 
 
-def host_isa_features() -> set[str]:
+@functools.cache
+def host_isa_features() -> frozenset[str]:
     """Return this CPU's instruction-set features: LLVM's for :func:`host_cpu` and /proc/cpuinfo's.
 
     LLVM names the CPU by its model (a Sapphire Rapids Xeon under a hypervisor reads as
     ``rocketlake``, which lacks its ``avxvnni`` and ``avx512bf16``); the kernel's flags
     (``avx512_vnni`` -> ``avx512vnni``, :data:`CPUINFO_FLAGS`) add what the CPU reports having.
+    Read once per process (:func:`host_runs` asks for every database folder it weighs).
     """
     features = isa_features(host_cpu())
     cpuinfo = Path("/proc/cpuinfo")
@@ -67,7 +70,7 @@ def host_isa_features() -> set[str]:
             name = CPUINFO_FLAGS.get(flag, flag.replace("_", ""))
             if name.startswith(ISA_FEATURE_PREFIXES):
                 features.add(name)
-    return features
+    return frozenset(features)
 
 
 def host_runs(mcpu: str) -> bool:

@@ -71,12 +71,12 @@ def test_mobilenet_v2_int16_gptq_keeps_top1(tmp_path):
 def test_committed_databases_fit_the_model_as_fetched_here(model):
     """Every committed tuning database of a zoo model was tuned for the graph this machine
     fetches (or exports: PyTorch's export differs in the weights' last bits across CPUs)."""
-    import json
     from pathlib import Path
 
     import onnx
 
     from compile.importer import graph_sha256
+    from compile.tuning_db import read_provenance
     from compile.zoo import fetch_model
 
     if model == "mobilenet_v2":
@@ -84,6 +84,6 @@ def test_committed_databases_fit_the_model_as_fetched_here(model):
     path = fetch_model(compose(f"model={model}").model, CACHE_DIR)
     graph = graph_sha256(onnx.load(str(path)))
     root = Path(__file__).resolve().parents[1] / "tune_logs" / model
-    provenances = [json.loads(p.read_text()) for p in sorted(root.rglob("provenance.json"))]
+    provenances = [read_provenance(p.parent) for p in sorted(root.rglob("provenance.json"))]
     assert provenances
     assert {p["graph_sha256"] for p in provenances} == {graph}
