@@ -215,6 +215,9 @@ class TuningConfig:
     check: bool = True  # run each kept record's kernel against the kernel as written (llvm)
     timeout_s: float = 30.0  # per-candidate measurement timeout
     reuse: bool = True  # start from other models' records of identical kernels (same target)
+    # A new database for this CPU, next to one tuned on another CPU this one runs, starts
+    # from that one's records timed here (compile/warm_start.py).
+    warm_start: bool = True
     # After the run, drop the records of kernels the model no longer has (after a pipeline
     # code change that kept the pass names). Off: the database also serves the model's
     # other variants of the same pipeline (another quant.exclude or input shape).

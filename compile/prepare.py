@@ -32,7 +32,14 @@ from .importer import ImportedModel, import_model
 from .pipeline import Pipeline, preparation_pipeline
 from .quantize import QuantizedModel, quantize
 from .samples import Sample, make_sample
-from .targets import exported_target, host_cpu, host_runs, isa_features, resolve_target
+from .targets import (
+    exported_target,
+    host_cpu,
+    host_runs,
+    isa_features,
+    resolve_target,
+    same_target_but_cpu,
+)
 from .tuning_db import AppliedDatabase, DatabaseKey, apply_database, mismatch, read_provenance
 from .zoo import fetch_model
 
@@ -157,7 +164,7 @@ def variant_path(root: str | Path, model: str, target: TargetConfig, quant: Quan
 
 
 def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant: QuantScheme,
-                    explicit: str | None = None) -> Path:
+                    explicit: str | None = None, own_cpu: bool = True) -> Path:
     """The tuning database: ``tuning.database``, else by convention under ``tune_logs``.
 
     By convention: :func:`variant_path`, except for llvm targets without ``mtriple``, which
@@ -170,6 +177,9 @@ def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant:
       instruction sets (``x86_64-znver5`` before ``x86_64``, tuned on a ``znver3``, on an Intel
       Xeon with AVX-512; :func:`adopt_database_cpu` then compiles for that CPU);
     * a named ``target.mcpu``: the first of those folders whose database was tuned for it.
+
+    ``own_cpu=False`` leaves out the folder for this CPU: the database this CPU would adopt
+    without one (the tuning job seeds this CPU's with its records, :mod:`compile.warm_start`).
     """
     if explicit:
         return Path(explicit)
@@ -177,10 +187,12 @@ def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant:
     if target.kind != TargetKind.llvm or target.mtriple:
         return plain
     own = host_cpu_folder(paths, model, target, quant)
-    if own is not None and read_provenance(own) is not None:
+    if own_cpu and own is not None and read_provenance(own) is not None:
         return own
     others = [variant_path(paths.tune_logs_dir, model, replace(target, name=root.name), quant)
               for root in sorted(Path(paths.tune_logs_dir, model).glob(f"{target.name}-*"))]
+    if not own_cpu and own is not None:
+        others = [folder for folder in others if folder != own]
     tuned_for = {}
     for folder in [plain, *others]:
         mcpu = ((read_provenance(folder) or {}).get("target") or {}).get("mcpu")
@@ -233,9 +245,9 @@ def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:
     if not isinstance(tuned_for, dict):
         return job, None
     here = exported_target(resolve_target(target))
-    differs = {k for k in set(tuned_for) | set(here) if tuned_for.get(k) != here.get(k)}
     mcpu = tuned_for.get("mcpu")
-    if differs != {"mcpu"} or not isinstance(mcpu, str) or not host_runs(mcpu):
+    if (not same_target_but_cpu(tuned_for, here) or not isinstance(mcpu, str)
+            or not host_runs(mcpu)):
         return job, None
     warning = (f"the tuning database in {folder} was tuned on mcpu={mcpu}: compiled for "
                f"{mcpu} (this {host_cpu()} runs its code) to use it; tune on this machine "

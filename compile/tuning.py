@@ -4,13 +4,16 @@ Tasks are the PrimFuncs of the *same* preparation pipeline the compile job uses.
 appended to ``tune_logs/<model>/<target>/`` as they are measured (a killed job keeps them), a
 second run warm-starts from them and adds its budget, skipping tasks that converged (no gain in
 ``tuning.patience`` trials) or are negligible (under ``tuning.min_weight`` of the model's FLOPs
-and of its estimated time).
+and of its estimated time). With ``target.mcpu: host`` on a CPU that has no database of its own
+next to one tuned on another CPU it runs, the job tunes ``tune_logs/<model>/<target>-<cpu>/``,
+its kernels started from the other CPU's records timed here (:mod:`compile.warm_start`).
 At the end the database is pruned to the best ``tuning.keep_per_workload`` records per workload
 (the committed form); the full database of the run is an MLflow artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -19,7 +22,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,9 +49,11 @@ from .tuning_db import (
     prune,
     read_provenance,
     repair,
+    tuned_on_other_cpu,
     workload_key,
     write_provenance,
 )
+from .warm_start import retime_records
 
 log = logging.getLogger(__name__)
 ms = _tvm.ms
@@ -541,11 +546,15 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     model, target_name = str(job.model.name), job.target.name
     folder = database_folder(job.paths, model, job.target, job.quant.scheme, cfg.database)
     old = read_provenance(folder)
+    own = None if cfg.database else host_cpu_folder(job.paths, model, job.target,
+                                                    job.quant.scheme)
     if old is not None:
         problem = mismatch(old, prepared.database_key)
-        if problem:
-            own = None if cfg.database else host_cpu_folder(job.paths, model, job.target,
-                                                            job.quant.scheme)
+        if problem and own is not None and tuned_on_other_cpu(old, prepared.database_key):
+            # The compile job here adopts a database tuned on another CPU: tune this CPU's own.
+            log.info("no tuning database for this CPU yet: tuning %s", own)
+            folder, old = own, None
+        elif problem:
             hint = (f" (tuning.database={own} tunes for this CPU; compile and bench jobs here "
                     "then take it)" if own is not None else "")
             raise TuningDatabaseError(f"{folder} holds a database for something else: {problem}; "
@@ -556,17 +565,33 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
     tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)
     if not tasks:
         raise ConfigError(f"{model} has no kernels to tune for {target_name}")
+    family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
+    scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
+    builder = ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
+                                      f_build=_builder(job))
+    runner = ms.runner.LocalRunner(timeout_sec=cfg.timeout_s)
+    warm_from = (_other_cpu_database(job, prepared) if cfg.warm_start and folder == own
+                 else None)
+    warmed: dict[str, int] = {}
+    if warm_from is not None:
+        _tvm.register_tensor_intrinsics(family)
+        with _candidate_tmpdir(scratch / "tmp"):
+            warmed = retime_records(database, tasks, warm_from, prepared.target, builder, runner)
     reused = (import_shared_records(database, tasks, folder, Path(job.paths.tune_logs_dir),
                                     prepared.target_json) if cfg.reuse else {})
     stats = _task_stats(tasks, old or {})
     for task in stats:
-        if task.name in reused and task.best_us is None:
+        if (task.name in reused or task.name in warmed) and task.best_us is None:
             task.best_us = _best_us(database, tasks, task.name)
     chosen = _select(stats, cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_info: dict[str, Any] = {"started_at": started, "mlflow_run_id": tracker.run_id,
                                 "trials": 0, "wall_s": 0.0, "cost_model": cfg.cost_model.name,
                                 "seed": cfg.seed, "trials_per_iter": cfg.trials_per_iter}
+    shown_from = warm_from and _shown(warm_from, Path(job.paths.tune_logs_dir))
+    if warm_from is not None:
+        run_info["warm_start"] = {"from": shown_from, "records": sum(warmed.values()),
+                                  "tasks": len(warmed)}
     trials_before = sum(s.trials for s in stats)
     start = time.monotonic()
 
@@ -590,6 +615,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                                    "layout": job.target.layout.name},
                         "tasks_total": len(stats), "tasks_tuned_this_run": len(chosen),
                         "tasks_reused": len(reused),
+                        "warm_start_from": shown_from, "tasks_warm_started": len(warmed),
                         "trials_before": trials_before, "threads": threads})
     progress = _Progress(stats, chosen, cfg, tracker, save, trials_before)
     # The first round gives every task one batch: keep it within half the budget.
@@ -598,32 +624,22 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         log.info("%d tasks: %d trials per task and round (of tuning.trials_per_iter=%d) so the "
                  "first round fits the budget", len(chosen), per_iter, cfg.trials_per_iter)
     if chosen:
-        family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
         _tvm.register_tensor_intrinsics(family)
-        scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
-        # Builder workers leave one temporary folder per candidate: keep them in the scratch.
-        temp = scratch / "tmp"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir(parents=True)
         _reset_metaschedule_logging()
         contexts, weights = _tune_contexts([tasks[i] for i in chosen], prepared.target,
                                            str(scratch), threads, cfg)
-        previous_tmpdir = os.environ.get("TMPDIR")
-        os.environ["TMPDIR"] = str(temp)
         try:
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(scratch),
-                max_trials_global=cfg.trials,
-                max_trials_per_task=cfg.max_trials_per_task or cfg.trials,
-                num_trials_per_iter=per_iter,
-                builder=ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
-                                                f_build=_builder(job)),
-                runner=ms.runner.LocalRunner(timeout_sec=cfg.timeout_s),
-                database=database, cost_model=ms.cost_model.CostModel.create(
-                    cfg.cost_model.value, num_tuning_cores=threads),
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                   _make_callback(progress)],
-                task_scheduler="gradient")
+            with _candidate_tmpdir(scratch / "tmp"):
+                ms.tune.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(scratch),
+                    max_trials_global=cfg.trials,
+                    max_trials_per_task=cfg.max_trials_per_task or cfg.trials,
+                    num_trials_per_iter=per_iter, builder=builder, runner=runner,
+                    database=database, cost_model=ms.cost_model.CostModel.create(
+                        cfg.cost_model.value, num_tuning_cores=threads),
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                       _make_callback(progress)],
+                    task_scheduler="gradient")
         except Exception:
             # The wall-clock cap stops the scheduler by raising from the measure callback;
             # the exception may come back re-wrapped by the FFI, so the flag decides.
@@ -632,12 +648,6 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         finally:
             progress.close()
             save()
-            shutil.rmtree(temp, ignore_errors=True)
-            # Later work in this process (nvcc, tempfile) must not use the deleted folder.
-            if previous_tmpdir is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = previous_tmpdir
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
                         sum(s.trials for s in stats), wall_s, progress.curve,
@@ -650,6 +660,48 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    f"run failed to build or run; {outcome}")
     _finish(job, result, prepared, folder, tracker, save)
     return result
+
+
+def _other_cpu_database(job: CompileJob, prepared: PreparedModel) -> Path | None:
+    """The database this CPU would adopt had it none of its own: tuned on a CPU it runs.
+
+    Its records seed the workloads this CPU's database lacks (:mod:`compile.warm_start`).
+    """
+    folder = database_folder(job.paths, str(job.model.name), job.target, job.quant.scheme,
+                             own_cpu=False)
+    provenance = read_provenance(folder)
+    if provenance is None or not tuned_on_other_cpu(provenance, prepared.database_key):
+        return None
+    return folder
+
+
+def _shown(folder: Path, tune_logs: Path) -> str:
+    """``folder`` relative to ``tune_logs`` (provenances stay valid in any checkout)."""
+    try:
+        return str(folder.resolve().relative_to(tune_logs.resolve()))
+    except ValueError:
+        return str(folder)
+
+
+@contextlib.contextmanager
+def _candidate_tmpdir(temp: Path) -> Iterator[None]:
+    """Builder workers leave one temporary folder per candidate: keep them in ``temp``.
+
+    ``TMPDIR`` points there while the block runs; afterwards the folder is deleted and
+    ``TMPDIR`` restored (later work in this process, nvcc or tempfile, must not use it).
+    """
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(temp)
+    try:
+        yield
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
 
 
 def _builder(job: CompileJob) -> Callable:

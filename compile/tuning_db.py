@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import tvm
 from . import _tvm
 from .artifact import write_json_atomic
 from .errors import TuningDatabaseError
+from .targets import same_target_but_cpu
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,15 @@ def mismatch(provenance: dict[str, Any], key: DatabaseKey) -> str | None:
     problems = [_describe_difference(f, provenance.get(f), wanted[f])
                 for f in fields if provenance.get(f) != wanted[f]]
     return "; ".join(problems) or None
+
+
+def tuned_on_other_cpu(provenance: dict[str, Any], key: DatabaseKey) -> bool:
+    """Whether a database fits a job but for its target's ``mcpu`` (tuned on another CPU)."""
+    have = provenance.get("target")
+    if not isinstance(have, dict):
+        return False
+    return (same_target_but_cpu(have, key.target)
+            and mismatch(provenance, replace(key, target=have)) is None)
 
 
 def read_provenance(folder: Path) -> dict[str, Any] | None:

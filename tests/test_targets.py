@@ -157,3 +157,32 @@ def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir
             pytest.skip("objdump not installed")
         assert counts.pop("ret") > 0  # the disassembly was read
         assert counts == dict.fromkeys(unused, 0)
+
+
+def test_intel_avx512_cpus_get_512_bit_vectors_unless_the_user_says_otherwise(tiny_dir, job_for):
+    """LLVM prefers 256-bit vectors on Intel CPUs with AVX-512 (compile.targets.NO_PREFER_256):
+    the project turns that off, so kernels use zmm registers; target.mattr can turn it back on."""
+    import subprocess
+
+    from compile.targets import target_dict
+
+    base = job_for(tiny_dir / "matmul_gelu_layernorm.onnx", "target.mcpu=icelake-server",
+                   "verify.enabled=false")
+    assert target_dict(base.target)["mattr"] == ["-prefer-256-bit"]
+    for mcpu in ("znver5", "haswell"):  # AMD's Zen 5 and a CPU without AVX-512: nothing added
+        assert "mattr" not in target_dict(job_for(tiny_dir / "x.onnx",
+                                                  f"target.mcpu={mcpu}").target)
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump not installed")
+    registers = {}
+    for label, extra in (("default", []), ("user", ["target.mattr=[+prefer-256-bit]"])):
+        job = job_for(tiny_dir / "matmul_gelu_layernorm.onnx", "target.mcpu=icelake-server",
+                      "verify.enabled=false", *extra)
+        result = run_compile(job)
+        assert read_manifest(result.artifact_dir)["target"]["mattr"] == (
+            ["-prefer-256-bit"] if label == "default" else ["+prefer-256-bit"])
+        asm = subprocess.run(["objdump", "-d", str(result.artifact_dir / "model.so")],
+                             capture_output=True, text=True, check=True).stdout
+        registers[label] = (asm.count("%zmm"), asm.count("%ymm"))
+    assert registers["default"][0] > 10 * registers["default"][1]  # 512-bit code
+    assert registers["user"][0] == 0 and registers["user"][1] > 0  # 256-bit code, as asked

@@ -13,7 +13,7 @@ import pytest
 from compile.errors import ConfigError, TuningDatabaseError
 from compile.importer import graph_sha256
 from compile.job import run_compile
-from compile.targets import host_cpu, host_runs
+from compile.targets import derived_mattr, host_cpu, host_runs
 from compile.tuning import run_tune
 from compile.tuning_db import (
     RECORD_FILE,
@@ -83,6 +83,15 @@ def test_resume_adds_records(tuned, tmp_path):
     assert again.trials_total == 12
 
 
+def _retarget(provenance: dict, mcpu: str) -> None:
+    """Make a provenance say its database was tuned for ``mcpu`` (with the mattr it derives)."""
+    target = provenance["target"]
+    target["mcpu"] = mcpu
+    target.pop("mattr", None)
+    if derived_mattr(mcpu):
+        target["mattr"] = derived_mattr(mcpu)
+
+
 def _overrides(job):
     return ["model=file", f"model.path={job.model.path}", "tuning=smoke",
             f"paths.cache_dir={CACHE_DIR}", "tracking=off",
@@ -94,7 +103,7 @@ def test_database_of_another_target_is_refused(tuned, tmp_path):
     copy = tmp_path / "db"
     shutil.copytree(result.database, copy)
     provenance = json.loads((copy / "provenance.json").read_text())
-    provenance["target"]["mcpu"] = "diamondrapids"  # AVX10.2, AMX-FP8: no machine here runs it
+    _retarget(provenance, "diamondrapids")  # AVX10.2, AMX-FP8: no machine here runs it
     if host_runs("diamondrapids"):
         pytest.skip("this CPU runs diamondrapids code")
     (copy / "provenance.json").write_text(json.dumps(provenance))
@@ -110,15 +119,52 @@ def test_database_of_an_older_cpu_is_compiled_for_that_cpu(tuned, tmp_path):
     logs = tmp_path / "tune_logs" / "conv_bn_relu" / "x86_64"
     shutil.copytree(result.database, logs)
     provenance = json.loads((logs / "provenance.json").read_text())
-    provenance["target"]["mcpu"] = "x86-64"  # the baseline every x86-64 CPU runs
+    _retarget(provenance, "x86-64")  # the baseline every x86-64 CPU runs
     (logs / "provenance.json").write_text(json.dumps(provenance))
     compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
     assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
     assert compiled.verification["status"] == "passed"
     assert read_manifest(compiled.artifact_dir)["target"]["mcpu"] == "x86-64"
     assert "tuned on mcpu=x86-64: compiled for x86-64" in compiled.warnings[0]
-    with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):  # tuning: refused
-        run_tune(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
+
+
+def test_tuning_next_to_another_cpus_database_starts_from_its_records_timed_here(tuned, tmp_path):
+    """The tuning job makes this CPU's database, seeded with the other CPU's records re-timed."""
+    job, result = tuned
+    logs = tmp_path / "tune_logs" / "conv_bn_relu"
+    shutil.copytree(result.database, logs / "x86_64")
+    provenance = json.loads((logs / "x86_64" / "provenance.json").read_text())
+    _retarget(provenance, "x86-64")
+    (logs / "x86_64" / "provenance.json").write_text(json.dumps(provenance))
+    source_lines = (logs / "x86_64" / RECORD_FILE).read_text().splitlines()
+    overrides = [*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs",
+                 "tuning.trials=2", "tuning.max_trials_per_task=1"]
+    again = run_tune(compose(*overrides))
+    own = logs / f"x86_64-{host_cpu()}"
+    assert again.database == own
+    assert (logs / "x86_64" / RECORD_FILE).read_text().splitlines() == source_lines  # untouched
+    warm = read_provenance(own)["runs"][-1]["warm_start"]
+    assert warm == {"from": "conv_bn_relu/x86_64", "records": 8, "tasks": 2}
+    assert count_records(own) == 8 + 2
+    lines = (own / RECORD_FILE).read_text().splitlines()
+    records = [json.loads(line)[1] for line in lines]
+    assert all(json.dumps(r).count(f'"{host_cpu()}"') for r in records)  # this CPU's target
+    # Timed here: the seconds are not the other database's.
+    times = {tuple(json.loads(line)[1][1]) for line in source_lines}
+    assert not times & {tuple(r[1]) for r in records}
+    assert all(t.best_us and t.best_us > 0 for t in again.tasks)
+    compiled = run_compile(compose(*overrides))
+    assert compiled.tuning["database"].endswith(f"x86_64-{host_cpu()}")
+    assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
+    # Resumed: workloads with records here keep this CPU's measurements only.
+    run_tune(compose(*overrides))
+    assert read_provenance(own)["runs"][-1]["warm_start"]["records"] == 0
+    assert count_records(own) == 8 + 2 + 2
+    # Off: this CPU's database is tuned from scratch.
+    shutil.rmtree(own)
+    cold = run_tune(compose(*overrides, "tuning.warm_start=false"))
+    assert cold.database == own and count_records(own) == 2
+    assert "warm_start" not in read_provenance(own)["runs"][-1]
 
 
 def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
@@ -127,12 +173,10 @@ def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
     logs = tmp_path / "tune_logs" / "conv_bn_relu"
     shutil.copytree(result.database, logs / "x86_64")
     provenance = json.loads((logs / "x86_64" / "provenance.json").read_text())
-    provenance["target"]["mcpu"] = "x86-64"
+    _retarget(provenance, "x86-64")
     (logs / "x86_64" / "provenance.json").write_text(json.dumps(provenance))
     overrides = [*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"]
     own = logs / f"x86_64-{host_cpu()}"
-    with pytest.raises(TuningDatabaseError, match=f"tuning.database={own} tunes for this CPU"):
-        run_tune(compose(*overrides))
     shutil.copytree(result.database, own)
     compiled = run_compile(compose(*overrides))
     assert compiled.tuning["database"].endswith(f"x86_64-{host_cpu()}")
@@ -152,7 +196,7 @@ def test_database_of_the_richest_cpu_this_one_runs_is_taken_by_convention(tuned,
                          ("x86_64-future", "diamondrapids")):
         shutil.copytree(result.database, logs / folder)
         provenance = json.loads((logs / folder / "provenance.json").read_text())
-        provenance["target"]["mcpu"] = mcpu
+        _retarget(provenance, mcpu)
         (logs / folder / "provenance.json").write_text(json.dumps(provenance))
     if host_runs("diamondrapids") or not host_runs("x86-64-v2"):
         pytest.skip("this CPU runs diamondrapids code, or not x86-64-v2 code")
