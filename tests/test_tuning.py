@@ -83,13 +83,16 @@ def test_resume_adds_records(tuned, tmp_path):
     assert again.trials_total == 12
 
 
-def _retarget(provenance: dict, mcpu: str) -> None:
-    """Make a provenance say its database was tuned for ``mcpu`` (with the mattr it derives)."""
+def _copy_as_tuned_on(database, folder, mcpu: str) -> None:
+    """Copy a database to ``folder``; its provenance then says it was tuned for ``mcpu``."""
+    shutil.copytree(database, folder)
+    provenance = json.loads((folder / "provenance.json").read_text())
     target = provenance["target"]
     target["mcpu"] = mcpu
     target.pop("mattr", None)
     if derived_mattr(mcpu):
         target["mattr"] = derived_mattr(mcpu)
+    (folder / "provenance.json").write_text(json.dumps(provenance))
 
 
 def _overrides(job):
@@ -100,13 +103,10 @@ def _overrides(job):
 
 def test_database_of_another_target_is_refused(tuned, tmp_path):
     job, result = tuned
-    copy = tmp_path / "db"
-    shutil.copytree(result.database, copy)
-    provenance = json.loads((copy / "provenance.json").read_text())
-    _retarget(provenance, "diamondrapids")  # AVX10.2, AMX-FP8: no machine here runs it
     if host_runs("diamondrapids"):
         pytest.skip("this CPU runs diamondrapids code")
-    (copy / "provenance.json").write_text(json.dumps(provenance))
+    copy = tmp_path / "db"
+    _copy_as_tuned_on(result.database, copy, "diamondrapids")  # AVX10.2, AMX-FP8
     with pytest.raises(TuningDatabaseError, match="target differs .*mcpu"):
         run_tune(compose(*_overrides(job), f"tuning.database={copy}"))
     with pytest.raises(TuningDatabaseError, match="target differs"):
@@ -117,10 +117,7 @@ def test_database_of_an_older_cpu_is_compiled_for_that_cpu(tuned, tmp_path):
     """A database tuned on a CPU whose code this one runs: compiled for it, schedules applied."""
     job, result = tuned
     logs = tmp_path / "tune_logs" / "conv_bn_relu" / "x86_64"
-    shutil.copytree(result.database, logs)
-    provenance = json.loads((logs / "provenance.json").read_text())
-    _retarget(provenance, "x86-64")  # the baseline every x86-64 CPU runs
-    (logs / "provenance.json").write_text(json.dumps(provenance))
+    _copy_as_tuned_on(result.database, logs, "x86-64")  # the baseline every x86-64 CPU runs
     compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
     assert compiled.tuning["tasks_tuned"] == compiled.tuning["tasks_total"] == 2
     assert compiled.verification["status"] == "passed"
@@ -132,10 +129,7 @@ def test_tuning_next_to_another_cpus_database_starts_from_its_records_timed_here
     """The tuning job makes this CPU's database, seeded with the other CPU's records re-timed."""
     job, result = tuned
     logs = tmp_path / "tune_logs" / "conv_bn_relu"
-    shutil.copytree(result.database, logs / "x86_64")
-    provenance = json.loads((logs / "x86_64" / "provenance.json").read_text())
-    _retarget(provenance, "x86-64")
-    (logs / "x86_64" / "provenance.json").write_text(json.dumps(provenance))
+    _copy_as_tuned_on(result.database, logs / "x86_64", "x86-64")
     source_lines = (logs / "x86_64" / RECORD_FILE).read_text().splitlines()
     overrides = [*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs",
                  "tuning.trials=2", "tuning.max_trials_per_task=1"]
@@ -171,10 +165,7 @@ def test_database_tuned_on_this_cpu_is_taken_by_convention(tuned, tmp_path):
     """tune_logs/<model>/x86_64-<this CPU> goes before x86_64 (tuned on an older CPU)."""
     job, result = tuned
     logs = tmp_path / "tune_logs" / "conv_bn_relu"
-    shutil.copytree(result.database, logs / "x86_64")
-    provenance = json.loads((logs / "x86_64" / "provenance.json").read_text())
-    _retarget(provenance, "x86-64")
-    (logs / "x86_64" / "provenance.json").write_text(json.dumps(provenance))
+    _copy_as_tuned_on(result.database, logs / "x86_64", "x86-64")
     overrides = [*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"]
     own = logs / f"x86_64-{host_cpu()}"
     shutil.copytree(result.database, own)
@@ -194,10 +185,7 @@ def test_database_of_the_richest_cpu_this_one_runs_is_taken_by_convention(tuned,
     logs = tmp_path / "tune_logs" / "conv_bn_relu"
     for folder, mcpu in (("x86_64", "x86-64"), ("x86_64-v2cpu", "x86-64-v2"),
                          ("x86_64-future", "diamondrapids")):
-        shutil.copytree(result.database, logs / folder)
-        provenance = json.loads((logs / folder / "provenance.json").read_text())
-        _retarget(provenance, mcpu)
-        (logs / folder / "provenance.json").write_text(json.dumps(provenance))
+        _copy_as_tuned_on(result.database, logs / folder, mcpu)
     if host_runs("diamondrapids") or not host_runs("x86-64-v2"):
         pytest.skip("this CPU runs diamondrapids code, or not x86-64-v2 code")
     compiled = run_compile(compose(*_overrides(job), f"paths.tune_logs_dir={tmp_path}/tune_logs"))
