@@ -567,16 +567,14 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         raise ConfigError(f"{model} has no kernels to tune for {target_name}")
     family = "cuda" if job.target.kind == TargetKind.cuda else "x86_64"
     scratch = Path(job.paths.cache_dir) / "tuning" / model / target_name
-    builder = ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
-                                      f_build=_builder(job))
-    runner = ms.runner.LocalRunner(timeout_sec=cfg.timeout_s)
     warm_from = (_other_cpu_database(job, prepared) if cfg.warm_start and folder == own
                  else None)
     warmed: dict[str, int] = {}
     if warm_from is not None:
         _tvm.register_tensor_intrinsics(family)
         with _candidate_tmpdir(scratch / "tmp"):
-            warmed = retime_records(database, tasks, warm_from, prepared.target, builder, runner)
+            warmed = retime_records(database, tasks, warm_from, prepared.target,
+                                    *_measurers(job, threads))
     reused = (import_shared_records(database, tasks, folder, Path(job.paths.tune_logs_dir),
                                     prepared.target_json) if cfg.reuse else {})
     stats = _task_stats(tasks, old or {})
@@ -629,6 +627,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         contexts, weights = _tune_contexts([tasks[i] for i in chosen], prepared.target,
                                            str(scratch), threads, cfg)
         try:
+            builder, runner = _measurers(job, threads)
             with _candidate_tmpdir(scratch / "tmp"):
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(scratch),
@@ -702,6 +701,17 @@ def _candidate_tmpdir(temp: Path) -> Iterator[None]:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous
+
+
+def _measurers(job: CompileJob, threads: int) -> tuple[Any, Any]:
+    """MetaSchedule's local builder and runner for the job's candidates.
+
+    Made where candidates are measured only: the runner starts its worker process at once.
+    """
+    cfg = job.tuning
+    return (ms.builder.LocalBuilder(max_workers=cfg.builder_workers or threads,
+                                    f_build=_builder(job)),
+            ms.runner.LocalRunner(timeout_sec=cfg.timeout_s))
 
 
 def _builder(job: CompileJob) -> Callable:

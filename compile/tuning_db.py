@@ -372,16 +372,23 @@ def _json_database(folder: Path) -> Any:
                                   f"{str(err).strip().splitlines()[-1]}") from None
 
 
-def replays(trace: Any, mod: tvm.IRModule) -> bool:
-    """Whether a schedule trace applies to a module (its blocks are found by name).
+def replayed(trace: Any, mod: tvm.IRModule) -> tvm.IRModule | None:
+    """The module scheduled by a trace, or None where the trace does not apply to it.
 
-    Workloads match by structural equality, which ignores block names; traces do not.
+    Workloads match by structural equality, which ignores block names; traces find blocks by
+    name, so a record of a structurally equal kernel may not apply.
     """
+    schedule = _tvm.Schedule(mod)
     try:
-        trace.apply_to_schedule(_tvm.Schedule(mod), remove_postproc=False)
+        trace.apply_to_schedule(schedule, remove_postproc=False)
     except Exception:  # noqa: BLE001  (ScheduleError and TVMError)
-        return False
-    return True
+        return None
+    return schedule.mod
+
+
+def replays(trace: Any, mod: tvm.IRModule) -> bool:
+    """Whether a schedule trace applies to a module (:func:`replayed`)."""
+    return replayed(trace, mod) is not None
 
 
 def drop_unreplayable(folder: Path) -> list[str]:

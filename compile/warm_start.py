@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _tvm
-from .tuning_db import open_database
+from .tuning_db import open_database, replayed
 
 log = logging.getLogger(__name__)
 ms = _tvm.ms
@@ -63,12 +63,9 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
         if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
             continue
         for record in source_db.get_top_k(source_db.commit_workload(mod), top_k):
-            schedule = _tvm.Schedule(mod)
-            try:
-                record.trace.apply_to_schedule(schedule, remove_postproc=False)
-            except Exception:  # noqa: BLE001  (ScheduleError: names blocks the kernel lacks)
-                continue
-            todo.append((task, record, schedule.mod))
+            scheduled = replayed(record.trace, mod)
+            if scheduled is not None:
+                todo.append((task, record, scheduled))
     if not todo:
         return {}
     builds = builder.build([ms.builder.BuilderInput(mod, target) for _, _, mod in todo])
