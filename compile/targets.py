@@ -31,12 +31,16 @@ ISA_FEATURE_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "popc
                         "pclmul", "cx16", "xop", "tbm", "crc32", "mmx", "x87")
 
 
+@functools.cache
+def llvm_cpu_features(mcpu: str, mtriple: str = "") -> frozenset[str]:
+    """Every feature LLVM enables for a CPU name: instruction sets and tuning hints."""
+    spec = {"kind": "llvm", "mcpu": mcpu, **({"mtriple": mtriple} if mtriple else {})}
+    return frozenset(str(f) for f in _tvm.llvm_get_cpu_features(_tvm.Target(spec)))
+
+
 def isa_features(mcpu: str) -> set[str]:
     """Instruction-set features LLVM enables for an x86 CPU name (:data:`ISA_FEATURE_PREFIXES`)."""
-    from tvm.target.codegen import llvm_get_cpu_features
-
-    features = llvm_get_cpu_features(_tvm.Target({"kind": "llvm", "mcpu": mcpu}))
-    return {str(f) for f in features if str(f).startswith(ISA_FEATURE_PREFIXES)}
+    return {f for f in llvm_cpu_features(mcpu) if f.startswith(ISA_FEATURE_PREFIXES)}
 
 
 #: /proc/cpuinfo flags whose LLVM feature name is not the flag without underscores.
@@ -105,10 +109,7 @@ def derived_mattr(mcpu: str | None, mtriple: str | None = None) -> list[str]:
     if not mcpu or (mtriple and not mtriple.startswith("x86_64")) \
             or not _tvm.llvm_is_valid_cpu(mcpu, mtriple or ""):
         return []
-    from tvm.target.codegen import llvm_get_cpu_features
-
-    spec = {"kind": "llvm", "mcpu": mcpu, **({"mtriple": mtriple} if mtriple else {})}
-    features = {str(f) for f in llvm_get_cpu_features(_tvm.Target(spec))}
+    features = llvm_cpu_features(mcpu, mtriple or "")
     return [NO_PREFER_256] if {"avx512f", "prefer-256-bit"} <= features else []
 
 
