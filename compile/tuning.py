@@ -445,8 +445,10 @@ def _make_callback(progress: _Progress) -> Any:
 
 def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
                 stats: list[TaskStats], run: dict[str, Any], cfg: TuningConfig) -> dict[str, Any]:
+    host = {"cpu": host_cpu_name(), "llvm_cpu": str(_tvm.llvm_get_system_cpu()),
+            "cores": host_threads(), "machine": platform.machine()}
     runs = list((old or {}).get("runs", []))
-    runs = [r for r in runs if r.get("started_at") != run["started_at"]] + [run]
+    runs = [r for r in runs if r.get("started_at") != run["started_at"]] + [{**run, "host": host}]
     tasks = {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
                       "best_us": s.best_us, "since_improvement": s.since_improvement,
                       "workload": s.workload} for s in stats}
@@ -461,8 +463,9 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
         "model": model,
         **prepared.database_key.as_dict(),
         "pipeline": prepared.pipeline.name,
-        "host": {"cpu": host_cpu_name(), "llvm_cpu": str(_tvm.llvm_get_system_cpu()),
-                 "cores": host_threads(), "machine": platform.machine()},
+        # The machine of the first run; each run names its own (a run on another CPU that
+        # runs the target's code adds records timed there).
+        "host": (old or {}).get("host", host),
         "seed": cfg.seed,
         "trials_total": sum(e["trials"] for e in tasks.values()),
         "wall_s_total": round(sum(r.get("wall_s", 0.0) for r in runs), 1),

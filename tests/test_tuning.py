@@ -59,6 +59,8 @@ def test_smoke_tuning_writes_database_and_provenance(tuned):
     assert provenance["graph_sha256"] == graph_sha256(onnx.load(str(job.model.path)))
     assert provenance["pipeline"] == "cpu-none"
     assert provenance["trials_total"] == 8 and provenance["runs"][-1]["trials"] == 8
+    assert provenance["runs"][-1]["host"] == provenance["host"]  # one run: the same machine
+    assert provenance["host"]["llvm_cpu"] and provenance["host"]["cores"] >= 1
     assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
     assert result.est_latency_ms and result.est_latency_ms > 0
 
