@@ -29,17 +29,19 @@ one 512-bit ``vpdpbusd`` for 16 output channels × 4 input channels), which doub
 products per instruction where the CPU executes 512-bit operations at full width (AMD Zen 5,
 Intel server cores); :func:`channel_intrinsics` lists a target's channel forms, widest first.
 
-For 16-bit activations (``quant.activation_type=int16``) there is one channel form,
+For 16-bit activations (``quant.activation_type=int16``) the channel form is
 :data:`AVX512_CHANNEL_DOT_I16_16x2`: ``C[i] += sum_k int16(A[k]) * int8(B[i, k])`` for 16
 output channels × 2 input channels, on one 512-bit ``vpdpwssd`` (AVX-512 VNNI: 16 int32 lanes,
 each adding two int16 × int16 products, without saturation). The weights stay int8 in memory
 (32 adjacent bytes) and are sign-extended by one ``vpmovsxbw``; A is one pixel's 2 adjacent
 int16 channels, broadcast. Exact for any int16 data and int8 weights as long as the int32 sum
-does not wrap.
+does not wrap. Its 256-bit form :data:`AVX512_CHANNEL_DOT_I16_8x2` (``vpdpwssd ymm``, AVX-512
+VNNI with VL) takes 8 output channels, where the output channels are no multiple of 16.
 
 :func:`dot_intrinsic` picks one for a target. Source of the instruction semantics: Intel
 Intrinsics Guide, ``_mm256_maddubs_epi16``, ``_mm256_madd_epi16``, ``_mm256_dpbusd_epi32``,
-``_mm512_dpbusd_epi32``, ``_mm512_dpwssd_epi32`` and ``_mm512_cvtepi8_epi16``.
+``_mm512_dpbusd_epi32``, ``_mm512_dpwssd_epi32``, ``_mm256_dpwssd_epi32`` and
+``_mm512_cvtepi8_epi16``.
 """
 
 from __future__ import annotations
@@ -65,14 +67,17 @@ AVX512_CHANNEL_DOT_16x4 = "channel_dot_16x4_u8i8i32_avx512vnni"
 #: The channel form for 16-bit data on one 512-bit ``vpdpwssd``: ``C[i] += sum_k int16(A[k]) *
 #: int8(B[i, k])`` (A: 2 int16 broadcast; B: 16 × 2 int8, 32 contiguous bytes), AVX-512 VNNI.
 AVX512_CHANNEL_DOT_I16_16x2 = "channel_dot_16x2_i16i8i32_avx512vnni"
+#: Its 256-bit form (8 output channels × 2 input channels on one ``vpdpwssd ymm``; AVX-512 VNNI
+#: with AVX-512VL), for output channels that are a multiple of 8 but not of 16.
+AVX512_CHANNEL_DOT_I16_8x2 = "channel_dot_8x2_i16i8i32_avx512vnni"
 #: Lanes (int32 outputs) and reduction elements per intrinsic call (the 16-lane forms aside).
 LANES, REDUCE = 8, 4
 #: Lanes of each intrinsic.
 INTRINSIC_LANES = {AVX2_DOT_8x4: 8, VNNI_DOT_8x4: 8, AVX2_CHANNEL_DOT_8x4: 8,
                    VNNI_CHANNEL_DOT_8x4: 8, AVX512_CHANNEL_DOT_16x4: 16,
-                   AVX512_CHANNEL_DOT_I16_16x2: 16}
-#: Reduction elements per call where they are not :data:`REDUCE` (the 16-bit channel form: 2).
-INTRINSIC_REDUCE = {AVX512_CHANNEL_DOT_I16_16x2: 2}
+                   AVX512_CHANNEL_DOT_I16_16x2: 16, AVX512_CHANNEL_DOT_I16_8x2: 8}
+#: Reduction elements per call where they are not :data:`REDUCE` (the 16-bit channel forms: 2).
+INTRINSIC_REDUCE = {AVX512_CHANNEL_DOT_I16_16x2: 2, AVX512_CHANNEL_DOT_I16_8x2: 2}
 #: The data a channel form reads, by reduction elements per call: 4 uint8 or 2 int16.
 REDUCE_DATA = {REDUCE: "uint8", 2: "int16"}
 
@@ -207,7 +212,8 @@ def _register() -> None:
             (VNNI_CHANNEL_DOT_8x4, _channel_dot_desc(8), _channel_dot_vnni(8)),
             (AVX512_CHANNEL_DOT_16x4, _channel_dot_desc(16), _channel_dot_vnni(16)),
             (AVX512_CHANNEL_DOT_I16_16x2, _channel_dot_desc(16, 2),
-             _channel_dot_vnni(16, 2))):
+             _channel_dot_vnni(16, 2)),
+            (AVX512_CHANNEL_DOT_I16_8x2, _channel_dot_desc(8, 2), _channel_dot_vnni(8, 2))):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
 
@@ -253,13 +259,17 @@ def channel_intrinsics(target: tvm.target.Target | None, data_bits: int = 8) -> 
         8 bits: ``[AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4]`` for llvm targets with
         AVX-512 VNNI (16 lanes where the output channels are a multiple of 16, 8 otherwise),
         else the channel form of :func:`dot_intrinsic` alone, or nothing. 16 bits:
-        ``[AVX512_CHANNEL_DOT_I16_16x2]`` for llvm targets with AVX-512 VNNI, else nothing.
+        ``[AVX512_CHANNEL_DOT_I16_16x2, AVX512_CHANNEL_DOT_I16_8x2]`` for llvm targets with
+        AVX-512 VNNI and VL (``[AVX512_CHANNEL_DOT_I16_16x2]`` without VL), else nothing.
     """
     if data_bits == 16:
         if target is None or target.kind.name != "llvm":
             return []
-        vnni = "avx512vnni" in set(llvm_get_cpu_features(target))
-        return [AVX512_CHANNEL_DOT_I16_16x2] if vnni else []
+        features = set(llvm_get_cpu_features(target))
+        if "avx512vnni" not in features:
+            return []
+        return [AVX512_CHANNEL_DOT_I16_16x2,
+                *([AVX512_CHANNEL_DOT_I16_8x2] if "avx512vl" in features else [])]
     narrow = dot_intrinsic(target, channels=True)
     if narrow is None:
         return []

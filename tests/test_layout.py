@@ -182,8 +182,13 @@ def test_nhwc_needs_a_cpu_target():
 @pytest.mark.parametrize("activations", ["uint8", "int16"])
 def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_path, activations):
     """quant=int8 with NHWC: integer kernels channels last, 1x1 convolutions packed (16-bit
-    activations: the 8 -> 16 channel convolution, on AVX-512 VNNI's vpdpwssd form)."""
-    from compile.intrinsics import AVX512_CHANNEL_DOT_I16_16x2, channel_intrinsics
+    activations: on AVX-512 VNNI's vpdpwssd forms, 16 lanes for the 8 -> 16 channel
+    convolution and 8 for the 16 -> 8 one)."""
+    from compile.intrinsics import (
+        AVX512_CHANNEL_DOT_I16_8x2,
+        AVX512_CHANNEL_DOT_I16_16x2,
+        channel_intrinsics,
+    )
     from compile.job import run_compile
     from compile.targets import host_cpu
 
@@ -207,10 +212,12 @@ def test_int8_compile_job_in_nhwc_matches_onnx_runtime(tiny_dir, job_for, tmp_pa
     assert quant["integer_ops"] == 4  # three convolutions and the Gemm
     if activations == "int16":
         host = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
-        wide = channel_intrinsics(host, 16) == [AVX512_CHANNEL_DOT_I16_16x2]
-        assert quant["packed_pointwise"] == (1 if wide else 0)  # 8 output channels: not 16k
+        wide = channel_intrinsics(host, 16) == [AVX512_CHANNEL_DOT_I16_16x2,
+                                                AVX512_CHANNEL_DOT_I16_8x2]
+        assert quant["packed_pointwise"] == (2 if wide else 0)  # 8 -> 16 and 16 -> 8
         if wide:
-            assert quant["dot_intrinsic"] == AVX512_CHANNEL_DOT_I16_16x2
+            assert quant["dot_intrinsic"] == (f"{AVX512_CHANNEL_DOT_I16_16x2} x1, "
+                                              f"{AVX512_CHANNEL_DOT_I16_8x2} x1")
     elif quant["dot_intrinsic"]:  # x86 with AVX2 (7-bit weights: packed with or without VNNI)
         # 8 lanes, or 16 (AVX-512 VNNI) where the output channels divide
         assert quant["dot_intrinsic"].startswith(("channel_dot_8x4", "channel_dot_16x4"))

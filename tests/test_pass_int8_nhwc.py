@@ -15,13 +15,19 @@ from compile.intrinsics import (
     REDUCE,
     AVX2_CHANNEL_DOT_8x4,
     AVX512_CHANNEL_DOT_16x4,
+    AVX512_CHANNEL_DOT_I16_8x2,
     AVX512_CHANNEL_DOT_I16_16x2,
     VNNI_CHANNEL_DOT_8x4,
     channel_intrinsics,
     dot_intrinsic,
 )
 from compile.passes import DecomposeQDQ, PackPointwiseNHWC
-from compile.passes.pack_pointwise_nhwc import CHANNEL_DOT_PREFIX, channel_dot_primfunc
+from compile.passes.pack_pointwise_nhwc import (
+    CHANNEL_CONV_PREFIX,
+    CHANNEL_DOT_PREFIX,
+    channel_conv_primfunc,
+    channel_dot_primfunc,
+)
 from compile.pipeline import count_kernels, count_layout_transposes, graph_passes
 from compile.targets import host_cpu
 
@@ -202,19 +208,23 @@ def test_matmuls_the_packed_form_does_not_take_stay(k, n, lead):
 
 @pytest.mark.parametrize("op", ["conv2d", "matmul"])
 @pytest.mark.parametrize("dtype", ["int16", "uint16"])
-def test_16_bit_data_is_packed_for_vpdpwssd_with_identical_results(op, dtype):
-    """16-bit activations (quant.activation_type=int16): 16 lanes x 2 channels, int8 weights;
-    uint16 data shifted to int16(x - 32768). Results bit-identical, extremes included."""
-    weights = RNG.integers(-128, 128, (32, 1, 1, 12)).astype(np.int8)
+@pytest.mark.parametrize(("out_channels", "lanes", "intrinsic"), [
+    (32, 16, AVX512_CHANNEL_DOT_I16_16x2), (24, 8, AVX512_CHANNEL_DOT_I16_8x2)])
+def test_16_bit_data_is_packed_for_vpdpwssd_with_identical_results(op, dtype, out_channels,
+                                                                   lanes, intrinsic):
+    """16-bit activations (quant.activation_type=int16): 16 lanes x 2 channels (8 lanes where
+    16 does not divide the output channels), int8 weights; uint16 data shifted to
+    int16(x - 32768). Results bit-identical, extremes included."""
+    weights = RNG.integers(-128, 128, (out_channels, 1, 1, 12)).astype(np.int8)
     before = (_nhwc_pointwise(dtype, weights) if op == "conv2d"
               else _int8_matmul(dtype, np.ascontiguousarray(weights[:, 0, 0, :].T)))
     packed, pack = _pack(before, ZEN4)
-    assert pack.packed_by == {AVX512_CHANNEL_DOT_I16_16x2: 1}
+    assert pack.packed_by == {intrinsic: 1}
     assert f"relax.{'nn.' if op == 'conv2d' else ''}{op}" not in _calls(packed)
     dot = next(f for gv, f in packed.functions.items() if CHANNEL_DOT_PREFIX in gv.name_hint)
     assert str(dot.params[0].ty.dtype) == "int16"
-    assert [int(v) for v in dot.params[1].shape] == [2, 6, 16, 2]
-    assert f"{CHANNEL_DOT_PREFIX}16x2_" in str(packed)
+    assert [int(v) for v in dot.params[1].shape] == [out_channels // lanes, 6, lanes, 2]
+    assert f"{CHANNEL_DOT_PREFIX}{lanes}x2_" in str(packed)
     info = np.iinfo(np.dtype(dtype))
     shape = [int(v) for v in before["main"].params[0].ty.shape]
     x = RNG.integers(info.min, info.max + 1, shape).astype(dtype)
@@ -222,6 +232,48 @@ def test_16_bit_data_is_packed_for_vpdpwssd_with_identical_results(op, dtype):
     np.testing.assert_array_equal(_run(packed, x), _run(before, x))
     # Without AVX-512 VNNI: no 16-bit form, left as it is.
     assert _pack(before, ZEN3)[1].packed == 0
+
+
+def _nhwc_conv(dtype: str, weights: np.ndarray, size: tuple[int, int], strides, padding):
+    """conv2d(x: dtype [1, H, W, C], W: int8 OHWI KxK, strides, padding, out_dtype=int32)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, *size, weights.shape[3]], dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(R.nn.conv2d(x, relax.const(weights), strides=strides, padding=padding,
+                                    data_layout="NHWC", kernel_layout="OHWI",
+                                    out_dtype="int32"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(("dtype", "channels", "out_channels", "target", "intrinsic", "lanes"), [
+    ("int16", 3, 32, ZEN4, AVX512_CHANNEL_DOT_I16_16x2, 16),  # an image's first convolution
+    ("uint16", 6, 24, ZEN4, AVX512_CHANNEL_DOT_I16_8x2, 8),   # stored as int16(x - 32768)
+    ("int8", 8, 16, ZEN4, AVX512_CHANNEL_DOT_16x4, 16),       # stored as uint8(x + 128)
+    ("uint8", 5, 8, ZEN3, AVX2_CHANNEL_DOT_8x4, 8)])
+@pytest.mark.parametrize(("strides", "padding"), [((2, 2), (1, 1, 1, 1)), ((1, 1), (0, 1, 2, 0))])
+def test_packed_kxk_convolution_is_identical_to_conv2d(dtype, channels, out_channels, target,
+                                                       intrinsic, lanes, strides, padding):
+    """3x3 convolutions, strided and padded (asymmetric too), on the same intrinsics: input
+    channels padded to whole calls with zero weights, the padding written as ``pad`` with the
+    value standing for zero in shifted storage. Results bit-identical, extremes included."""
+    bound = 64 if target is ZEN3 else 128  # 7-bit weights: vpmaddubsw cannot saturate
+    weights = RNG.integers(-bound, bound, (out_channels, 3, 3, channels)).astype(np.int8)
+    before = _nhwc_conv(dtype, weights, (9, 11), strides, padding)
+    packed, pack = _pack(before, target)
+    assert pack.packed_by == {intrinsic: 1}
+    calls = _calls(packed)
+    assert "relax.nn.conv2d" not in calls and "relax.nn.pad" in calls
+    conv = next(f for gv, f in packed.functions.items() if CHANNEL_CONV_PREFIX in gv.name_hint)
+    reduce = INTRINSIC_REDUCE.get(intrinsic, REDUCE)
+    assert [int(v) for v in conv.params[1].shape] == [
+        out_channels // lanes, 3, 3, -(-channels // reduce), lanes, reduce]
+    info = np.iinfo(np.dtype(dtype))
+    x = RNG.integers(info.min, info.max + 1, (1, 9, 11, channels)).astype(dtype)
+    x.flat[:2 * channels] = [info.min] * channels + [info.max] * channels
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
 
 
 def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
@@ -236,7 +288,8 @@ def test_channel_intrinsic_follows_the_cpu_features():
     assert channel_intrinsics(tvm.target.Target(ZEN4)) == [AVX512_CHANNEL_DOT_16x4,
                                                             VNNI_CHANNEL_DOT_8x4]
     assert channel_intrinsics(tvm.target.Target(ZEN3)) == [AVX2_CHANNEL_DOT_8x4]
-    assert channel_intrinsics(tvm.target.Target(ZEN4), 16) == [AVX512_CHANNEL_DOT_I16_16x2]
+    assert channel_intrinsics(tvm.target.Target(ZEN4), 16) == [AVX512_CHANNEL_DOT_I16_16x2,
+                                                                AVX512_CHANNEL_DOT_I16_8x2]
     assert channel_intrinsics(tvm.target.Target(ZEN3), 16) == []
     avx_vnni = {"kind": "llvm", "mcpu": "alderlake"}  # AVX-VNNI (256-bit), no AVX-512
     assert channel_intrinsics(tvm.target.Target(avx_vnni)) == [VNNI_CHANNEL_DOT_8x4]
@@ -265,7 +318,8 @@ def _tensorized(intrinsic: str, target: dict, n_pixels: int, channels: int, out_
 @pytest.mark.parametrize(("intrinsic", "target", "instruction"), [
     (AVX2_CHANNEL_DOT_8x4, ZEN3, "vpmaddubsw ymm"), (VNNI_CHANNEL_DOT_8x4, ZEN4, "vpdpbusd ymm"),
     (AVX512_CHANNEL_DOT_16x4, ZEN4, "vpdpbusd zmm"),
-    (AVX512_CHANNEL_DOT_I16_16x2, ZEN4, "vpdpwssd zmm")])
+    (AVX512_CHANNEL_DOT_I16_16x2, ZEN4, "vpdpwssd zmm"),
+    (AVX512_CHANNEL_DOT_I16_8x2, ZEN4, "vpdpwssd ymm")])
 def test_channel_intrinsics_compute_the_dot_product(intrinsic, target, instruction):
     n_pixels, channels, out_ch = 6, 16, 32
     lib = _tensorized(intrinsic, target, n_pixels, channels, out_ch)
@@ -297,10 +351,11 @@ def test_search_space_tensorizes_channel_kernels():
     for target, lanes, reduce, intrinsic in ((ZEN3, 8, 4, AVX2_CHANNEL_DOT_8x4),
                                              (ZEN4, 8, 4, VNNI_CHANNEL_DOT_8x4),
                                              (ZEN4, 16, 4, AVX512_CHANNEL_DOT_16x4),
-                                             (ZEN4, 16, 2, AVX512_CHANNEL_DOT_I16_16x2)):
+                                             (ZEN4, 16, 2, AVX512_CHANNEL_DOT_I16_16x2),
+                                             (ZEN4, 8, 2, AVX512_CHANNEL_DOT_I16_8x2)):
         func = channel_dot_primfunc(1, 4, 4, 16, 48, lanes, reduce)
         target = tvm.target.Target({**target, "num-cores": 2})
-        tag = {8: "", 16: "16"}[lanes] + ("x2" if reduce == 2 else "")
+        tag = f"{lanes}x2" if reduce == 2 else {8: "", 16: "16"}[lanes]
         name = f"fused_{CHANNEL_DOT_PREFIX}{tag}_c16_o48_h4_w4_add"
         assert task_intrinsic(name, target) == intrinsic
         context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
@@ -309,8 +364,22 @@ def test_search_space_tensorizes_channel_kernels():
         assert any(intrinsic in t for t in traces)
         # The other width never: it would repack the weights inside the kernel.
         other = {AVX512_CHANNEL_DOT_16x4, VNNI_CHANNEL_DOT_8x4, AVX2_CHANNEL_DOT_8x4,
-                 AVX512_CHANNEL_DOT_I16_16x2} - {intrinsic}
+                 AVX512_CHANNEL_DOT_I16_16x2, AVX512_CHANNEL_DOT_I16_8x2} - {intrinsic}
         assert not any(o in t for t in traces for o in other)
+
+
+def test_search_space_tensorizes_kxk_convolutions():
+    from compile._tvm import ms
+    from compile.tuning import search_space, task_intrinsic
+
+    target = tvm.target.Target({**ZEN4, "num-cores": 2})
+    func = channel_conv_primfunc(1, 11, 11, 4, 32, (3, 3), (2, 2), 16, 2)
+    name = f"fused_{CHANNEL_CONV_PREFIX}16x2_c3_o32_k3x3_s2x2_h5_w5_add"
+    assert task_intrinsic(name, target) == AVX512_CHANNEL_DOT_I16_16x2
+    context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                             space_generator=search_space(AVX512_CHANNEL_DOT_I16_16x2))
+    assert any(AVX512_CHANNEL_DOT_I16_16x2 in str(s.trace)
+               for s in context.generate_design_space())
 
 
 def test_each_tuning_task_gets_the_space_of_its_own_intrinsic(tmp_path):

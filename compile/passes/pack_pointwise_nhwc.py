@@ -1,4 +1,4 @@
-"""PackPointwiseNHWC: channels-last 1×1 convolutions and matmuls on x86 dot intrinsics.
+"""PackPointwiseNHWC: channels-last convolutions and matmuls on x86 dot intrinsics.
 
 In NHWC, the input channels of one pixel are adjacent bytes: a 1×1 convolution is a dense
 product ``acc[n, h, w, o] = sum_c x[n, h, w, c] * W[o, c]`` whose 4 reduction elements per
@@ -29,19 +29,32 @@ binding, and every later user of ``x`` (the residual add of an inverted-residual
 rather than staying a kernel of its own when ``x`` has several users.
 
 16-bit data (``quant.activation_type=int16``) takes the 16-bit channel form where the target
-has one (:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_16x2`, AVX-512 VNNI ``vpdpwssd``):
-int16 data as it is, with 2 reduction elements per call, so the weights are packed as
-``Wp[o // 16, c // 2, o % 16, c % 2]`` (still int8) and the kernels are named
-``int8_pointwise_nhwc_dot16x2…``. uint16 data is stored as ``int16(x - 32768)`` and
+has one (:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_16x2`, AVX-512 VNNI ``vpdpwssd``;
+:data:`compile.intrinsics.AVX512_CHANNEL_DOT_I16_8x2`, its 256-bit form, where the output
+channels are a multiple of 8 but not of 16): int16 data as it is, with 2 reduction elements
+per call, so the weights are packed as ``Wp[o // 16, c // 2, o % 16, c % 2]`` (still int8;
+``o // 8`` and ``o % 8`` for 8 lanes) and the kernels are named
+``int8_pointwise_nhwc_dot16x2…`` (``…dot8x2…``). uint16 data is stored as ``int16(x - 32768)`` and
 ``32768 * sum_c W[o, c]`` is added, the same shift the other way round: the int32 sums are
 the same modulo 2**32, so the result is identical wherever the convolution's own int32 sum
 does not wrap.
 
+K×K convolutions (and strided or padded 1×1 ones) of one group take the same intrinsics
+once per tap: ``acc[n, h, w, o] = sum_{kh, kw, c} xp[n, h * s + kh, w * s + kw, c] *
+W[o, kh, kw, c]`` over the padded input ``xp``, with the weights packed per tap as
+``Wp[o // L, kh, kw, c // 4, o % L, c % 4]`` (16-bit data: ``c // 2``, ``c % 2``) into
+``call_tir(int8_conv_nhwc_dot…)`` (:func:`channel_conv_primfunc`). Input channels that are no
+multiple of the intrinsic's reduction elements (an image's 3) are padded with zero weights.
+The convolution's padding, and that of the channels, becomes a ``pad`` of the input with the
+value that stands for zero (0; 128 for int8 stored as uint8, -32768 for uint16 stored as
+int16), which fuses into the kernel that makes the input. mobilenet_v2's first convolution
+(3 → 32 channels, 3×3, stride 2, int16 input) was a generic kernel of 186 µs (16-bit model,
+tuned, Intel Xeon); packed it is one ``vpdpwssd`` per tap and channel pair.
+
 Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
-Taken only on llvm x86 targets with AVX2 (16-bit data: AVX-512 VNNI), for 1×1 convolutions with
-stride 1, no padding, dilation 1, one group, uint8, int8, int16 or uint16 data, C a multiple of
-4 (16-bit: 2), O a multiple of 8 (16-bit: 16) (matmuls: K and N alike, two rows or more),
-static shapes and,
+Taken only on llvm x86 targets with AVX2 (16-bit data: AVX-512 VNNI), for convolutions with
+dilation 1 and one group, uint8, int8, int16 or uint16 data, C a multiple of 4 (16-bit: 2;
+K×K: any C), O a multiple of 8 (matmuls: K and N alike, two rows or more), static shapes and,
 on targets without VNNI, weights that cannot saturate ``vpmaddubsw``
 (:func:`compile.intrinsics.saturation_free`); anything else is left as is.
 """
@@ -69,6 +82,8 @@ R = relax.op
 
 #: Name prefix of the dot-product PrimFuncs (fused kernels keep it: the tuning job looks for it).
 CHANNEL_DOT_PREFIX = "int8_pointwise_nhwc_dot"
+#: Name prefix of the packed K×K (strided) convolutions: the same intrinsics, once per tap.
+CHANNEL_CONV_PREFIX = "int8_conv_nhwc_dot"
 
 
 #: dtype of the data a packed kernel reads -> (stored as, offset added, wide enough for both).
@@ -76,30 +91,45 @@ _SHIFTS = {"int8": ("uint8", 128, "int16"), "uint16": ("int16", -32768, "int32")
 
 
 def _tag(lanes: int, reduce: int) -> str:
-    return ("" if lanes == LANES else str(lanes)) + ("" if reduce == REDUCE else f"x{reduce}")
+    if reduce != REDUCE:
+        return f"{lanes}x{reduce}"
+    return "" if lanes == LANES else str(lanes)
 
 
 def channel_dot_name(channels: int, out_channels: int, height: int, width: int,
                      lanes: int = LANES, reduce: int = REDUCE) -> str:
     """Name of a dot-product PrimFunc.
 
-    The prefix, then ``16`` for 16 lanes and ``x2`` for 2 reduction elements (16-bit data),
-    then its shape.
+    The prefix, then ``16`` for 16 lanes (8-bit data), or ``16x2`` / ``8x2`` for 16 / 8 lanes
+    of 2 reduction elements (16-bit data), then its shape.
     """
     return (f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_c{channels}_o{out_channels}"
             f"_h{height}_w{width}")
 
 
-def channel_dot_kind(name: str) -> tuple[int, int] | None:
-    """(lanes, reduction elements) of the dot-product kernel a (fused) PrimFunc's name holds.
+def channel_conv_name(channels: int, out_channels: int, kernel: tuple[int, int],
+                      strides: tuple[int, int], height: int, width: int,
+                      lanes: int = LANES, reduce: int = REDUCE) -> str:
+    """Name of a packed K×K convolution PrimFunc.
 
-    None where it holds none.
+    As :func:`channel_dot_name`, with the kernel and strides (``k3x3_s2x2``) and the output's
+    height and width.
     """
-    if CHANNEL_DOT_PREFIX not in name:
-        return None
-    for lanes, reduce in ((16, 2), (16, REDUCE), (LANES, REDUCE)):
-        if f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_" in name:
-            return lanes, reduce
+    return (f"{CHANNEL_CONV_PREFIX}{_tag(lanes, reduce)}_c{channels}_o{out_channels}"
+            f"_k{kernel[0]}x{kernel[1]}_s{strides[0]}x{strides[1]}_h{height}_w{width}")
+
+
+def channel_dot_kind(name: str) -> tuple[int, int] | None:
+    """(lanes, reduction elements) of the packed kernel a (fused) PrimFunc's name holds.
+
+    None where it holds none (neither a 1×1 dot product nor a K×K convolution).
+    """
+    for prefix in (CHANNEL_DOT_PREFIX, CHANNEL_CONV_PREFIX):
+        if prefix not in name:
+            continue
+        for lanes, reduce in ((16, 2), (LANES, 2), (16, REDUCE), (LANES, REDUCE)):
+            if f"{prefix}{_tag(lanes, reduce)}_" in name:
+                return lanes, reduce
     return None
 
 
@@ -115,6 +145,43 @@ def pack_weights(weights: np.ndarray, lanes: int = LANES, reduce: int = REDUCE) 
     out_channels, channels = weights.shape
     packed = weights.reshape(out_channels // lanes, lanes, channels // reduce, reduce)
     return np.ascontiguousarray(packed.transpose(0, 2, 1, 3))
+
+
+def pack_conv_weights(weights: np.ndarray, lanes: int = LANES, reduce: int = REDUCE) -> np.ndarray:
+    """Pack int8 ``[O, KH, KW, C]`` weights as ``[O / lanes, KH, KW, C / reduce, lanes, reduce]``.
+
+    Each tap packed as :func:`pack_weights` packs a 1×1 convolution's weights.
+    """
+    out_channels, kh, kw, channels = weights.shape
+    packed = weights.reshape(out_channels // lanes, lanes, kh, kw, channels // reduce, reduce)
+    return np.ascontiguousarray(packed.transpose(0, 2, 3, 4, 1, 5))
+
+
+def channel_conv_primfunc(n: int, height: int, width: int, channels: int, out_channels: int,
+                          kernel: tuple[int, int], strides: tuple[int, int],
+                          lanes: int = LANES, reduce: int = REDUCE):
+    """A K×K convolution of the padded input ``x``, on packed weights.
+
+    ``(x [n, H, W, C], wp: int8 [O/lanes, KH, KW, C/reduce, lanes, reduce]) -> int32
+    [n, (H - KH) / SH + 1, (W - KW) / SW + 1, O]``. ``x`` is uint8, or int16 for ``reduce`` 2,
+    as in :func:`channel_dot_primfunc`.
+    """
+    (taps_h, taps_w), (stride_h, stride_w) = kernel, strides
+    out_h, out_w = (height - taps_h) // stride_h + 1, (width - taps_w) // stride_w + 1
+    x = te.placeholder(_i64(n, height, width, channels), REDUCE_DATA[reduce], "x")
+    wp = te.placeholder(_i64(out_channels // lanes, taps_h, taps_w, channels // reduce, lanes,
+                             reduce), "int8", "wp")
+    kh = te.reduce_axis(_i64(0, taps_h), "kh")
+    kw = te.reduce_axis(_i64(0, taps_w), "kw")
+    c = te.reduce_axis(_i64(0, channels), "c")
+    acc = te.compute(
+        _i64(n, out_h, out_w, out_channels),
+        lambda b, h, w, o: te.sum(
+            x[b, h * stride_h + kh, w * stride_w + kw, c].astype("int32")
+            * wp[o // lanes, kh, kw, c // reduce, o % lanes, c % reduce].astype("int32"),
+            axis=[kh, kw, c]),
+        name=CHANNEL_CONV_PREFIX)
+    return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
 
 
 def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_channels: int,
@@ -180,28 +247,41 @@ class _Rewriter(relax.PyExprMutator):
                 or str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "OHWI"
                 or str(attrs.out_layout) != "NHWC" or int(attrs.groups) != 1
                 or not all(isinstance(v, tvm.tirx.IntImm) for v in shape)
-                or any(int(v) != 1 for v in [*attrs.strides, *attrs.dilation])
-                or any(int(v) != 0 for v in attrs.padding)):
+                or any(int(v) != 1 for v in attrs.dilation)):
             return None
         w = kernel.value.numpy()
-        intrinsic = self._intrinsic(str(data.ty.dtype), w.shape[0], int(shape[3]))
-        if w.dtype != np.int8 or w.shape[1:3] != (1, 1) or not intrinsic:
+        if w.dtype != np.int8:
             return None
-        return self._checked(intrinsic, np.ascontiguousarray(w[:, 0, 0, :]))
+        dtype, channels = str(data.ty.dtype), int(shape[3])
+        if (w.shape[1:3] == (1, 1) and all(int(v) == 1 for v in attrs.strides)
+                and all(int(v) == 0 for v in attrs.padding)):
+            intrinsic = self._intrinsic(dtype, w.shape[0], channels)
+            return intrinsic and self._checked(intrinsic, np.ascontiguousarray(w[:, 0, 0, :]))
+        # K×K, strided or padded: input channels padded with zero weights to whole calls.
+        intrinsic = self._intrinsic(dtype, w.shape[0], channels, pad_channels=True)
+        if intrinsic is None:
+            return None
+        reduce = INTRINSIC_REDUCE.get(intrinsic, REDUCE)
+        extra = -channels % reduce
+        return self._checked(intrinsic, np.pad(w, ((0, 0), (0, 0), (0, 0), (0, extra))))
 
-    def _intrinsic(self, dtype: str, out_channels: int, channels: int) -> str | None:
+    def _intrinsic(self, dtype: str, out_channels: int, channels: int,
+                   pad_channels: bool = False) -> str | None:
         """The widest intrinsic for ``dtype`` data that fits the channels (None: none).
 
-        Its lanes must divide the output channels and its reduction elements the input ones.
+        Its lanes must divide the output channels and (unless ``pad_channels``) its reduction
+        elements the input ones.
         """
         bits = {"uint8": 8, "int8": 8, "int16": 16, "uint16": 16}.get(dtype)
         return next((i for i in self.intrinsics.get(bits, [])
                      if out_channels % INTRINSIC_LANES[i] == 0
-                     and channels % INTRINSIC_REDUCE.get(i, REDUCE) == 0), None)
+                     and (pad_channels or channels % INTRINSIC_REDUCE.get(i, REDUCE) == 0)),
+                    None)
 
     @staticmethod
     def _checked(intrinsic: str, weights: np.ndarray) -> tuple[str, np.ndarray] | str:
-        if intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(weights):
+        flat = weights.reshape(weights.shape[0], -1)  # [O, C] or [O, KH * KW * C]
+        if intrinsic == AVX2_CHANNEL_DOT_8x4 and not saturation_free(flat):
             return "saturating"
         return intrinsic, weights
 
@@ -258,6 +338,8 @@ class _Rewriter(relax.PyExprMutator):
         if not isinstance(plan, tuple):
             return call
         intrinsic, weights = plan
+        if weights.ndim == 4:
+            return self._convolution(call, intrinsic, weights)
         data = call.args[0]
         matmul = call.op.same_as(self.matmul)
         if matmul:  # [..., M, K] x [K, N]: all rows as the pixels of one row, K channels
@@ -275,29 +357,82 @@ class _Rewriter(relax.PyExprMutator):
             self._funcs[key] = self.builder_.add_func(
                 channel_dot_primfunc(*key),
                 channel_dot_name(channels, out_channels, height, width, lanes, reduce))
-        shift = None
-        if str(data.ty.dtype) in _SHIFTS:
-            shift = -_SHIFTS[str(data.ty.dtype)][1] * weights.astype(np.int64).sum(axis=1)
-            shifted = self._shifted.get(data)
-            data = shifted if shifted is not None else self.builder_.emit(_shifted(data))
+        data, shift = self._shift_input(data, weights)
         rows = [1, 1, width, channels]  # a matmul's input as one image row
         if matmul and [int(v) for v in data.ty.shape] != rows:
             data = self.builder_.emit(R.reshape(data, rows))
         acc = relax.call_tir(self._funcs[key],
                              [data, relax.const(pack_weights(weights, lanes, reduce))],
                              relax.TensorType([n, height, width, out_channels], "int32"))
-        if shift is not None:  # int32 wraps as the kernel's sums do (uint16: up to 2**46)
-            shift = ((shift + 2**31) % 2**32 - 2**31).astype(np.int32)
-            acc = R.add(self.builder_.emit(acc),
-                        relax.const(shift.reshape(1, 1, 1, out_channels)))
+        acc = self._add_shift(acc, shift)
         if not matmul or lead == rows[:3]:  # [1, 1, M, N]: the epilogue fuses into the kernel
             return acc
         return R.reshape(self.builder_.emit(acc), [*lead, out_channels])
 
+    def _convolution(self, call, intrinsic: str, weights: np.ndarray) -> relax.Expr:
+        """A K×K convolution as ``call_tir`` of :func:`channel_conv_primfunc`.
+
+        Its padding (and the input channels' padding to whole intrinsic calls) is a ``pad``
+        of the input, with the value that stands for zero (128 for int8 stored as uint8,
+        -32768 for uint16 stored as int16), which fuses into the kernel producing the input.
+        """
+        data = call.args[0]
+        dtype = str(data.ty.dtype)
+        n, height, width, channels = (int(v) for v in data.ty.shape)
+        out_channels, taps_h, taps_w, padded = weights.shape
+        lanes, reduce = INTRINSIC_LANES[intrinsic], INTRINSIC_REDUCE.get(intrinsic, REDUCE)
+        strides = tuple(int(v) for v in call.attrs.strides)
+        top, left, bottom, right = (int(v) for v in call.attrs.padding)
+        height, width = height + top + bottom, width + left + right
+        out_h, out_w = (height - taps_h) // strides[0] + 1, (width - taps_w) // strides[1] + 1
+        self.packed += 1
+        self.packed_by[intrinsic] = self.packed_by.get(intrinsic, 0) + 1
+        key = ("conv", n, height, width, padded, out_channels, (taps_h, taps_w), strides,
+               lanes, reduce)
+        if key not in self._funcs:
+            self._funcs[key] = self.builder_.add_func(
+                channel_conv_primfunc(*key[1:]),
+                channel_conv_name(channels, out_channels, (taps_h, taps_w), strides, out_h,
+                                  out_w, lanes, reduce))
+        zero = _SHIFTS[dtype][1] if dtype in _SHIFTS else 0
+        data, shift = self._shift_input(data, weights)
+        if top or left or bottom or right or padded != channels:
+            data = self.builder_.emit(R.nn.pad(
+                data, [0, 0, top, bottom, left, right, 0, padded - channels],
+                pad_value=float(zero)))
+        acc = relax.call_tir(self._funcs[key],
+                             [data, relax.const(pack_conv_weights(weights, lanes, reduce))],
+                             relax.TensorType([n, out_h, out_w, out_channels], "int32"))
+        return self._add_shift(acc, shift)
+
+    def _shift_input(self, data: relax.Expr, weights: np.ndarray):
+        """(what the kernel reads, the int64 correction per output channel or None).
+
+        int8 and uint16 data are read shifted (:func:`_shifted`); the correction is
+        ``-offset * sum(W[o])`` over each output channel's weights.
+        """
+        dtype = str(data.ty.dtype)
+        if dtype not in _SHIFTS:
+            return data, None
+        shift = -_SHIFTS[dtype][1] * weights.reshape(weights.shape[0], -1).astype(np.int64)
+        shifted = self._shifted.get(data)
+        data = shifted if shifted is not None else self.builder_.emit(_shifted(data))
+        return data, shift.sum(axis=1)
+
+    def _add_shift(self, acc: relax.Expr, shift: np.ndarray | None) -> relax.Expr:
+        """``acc + shift`` per output channel (``acc`` where there is no shift).
+
+        The shift is wrapped to int32 as the kernel's sums wrap (uint16: up to 2**46).
+        """
+        if shift is None:
+            return acc
+        shift = ((shift + 2**31) % 2**32 - 2**31).astype(np.int32)
+        return R.add(self.builder_.emit(acc), relax.const(shift.reshape(1, 1, 1, -1)))
+
 
 @tvm.transform.module_pass(opt_level=0, name="PackPointwiseNHWC")
 class PackPointwiseNHWC:
-    """Rewrite NHWC 8/16-bit × int8 1×1 convolutions and matmuls into packed dot products.
+    """Rewrite NHWC 8/16-bit × int8 convolutions and matmuls into packed dot products.
 
     See the module docstring.
 
