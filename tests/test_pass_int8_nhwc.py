@@ -276,6 +276,18 @@ def test_packed_kxk_convolution_is_identical_to_conv2d(dtype, channels, out_chan
     np.testing.assert_array_equal(_run(packed, x), _run(before, x))
 
 
+def test_strided_1x1_convolution_is_packed_as_a_convolution():
+    """A 1x1 convolution of stride 2 (a residual network's downsampling shortcut)."""
+    weights = RNG.integers(-128, 128, (16, 1, 1, 8)).astype(np.int8)
+    before = _nhwc_conv("int8", weights, (9, 11), (2, 2), (0, 0, 0, 0))
+    packed, pack = _pack(before, ZEN4)
+    assert pack.packed_by == {AVX512_CHANNEL_DOT_16x4: 1}
+    assert "relax.nn.pad" not in _calls(packed)
+    assert any(CHANNEL_CONV_PREFIX in gv.name_hint for gv in packed.functions)
+    x = RNG.integers(-128, 128, (1, 9, 11, 8)).astype(np.int8)
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
+
+
 def test_nhwc_shapes_without_whole_tiles_stay_conv2d():
     weights = RNG.integers(-64, 65, (12, 1, 1, 12)).astype(np.int8)  # 12 outputs: not 8k
     packed, pack = _pack(_nhwc_pointwise("uint8", weights), ZEN3)

@@ -49,7 +49,8 @@ The convolution's padding, and that of the channels, becomes a ``pad`` of the in
 value that stands for zero (0; 128 for int8 stored as uint8, -32768 for uint16 stored as
 int16), which fuses into the kernel that makes the input. mobilenet_v2's first convolution
 (3 → 32 channels, 3×3, stride 2, int16 input) was a generic kernel of 186 µs (16-bit model,
-tuned, Intel Xeon); packed it is one ``vpdpwssd`` per tap and channel pair.
+tuned, Intel Xeon; the tuning job's estimate); packed, one ``vpdpwssd`` per tap and channel
+pair, 84 µs after 64 trials.
 
 Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
 Taken only on llvm x86 targets with AVX2 (16-bit data: AVX-512 VNNI), for convolutions with
