@@ -169,6 +169,14 @@ class Pipeline:
         return mod, kernels
 
 
+#: ``ConvertLayout``'s desired layouts for ``target.layout=NHWC``: convolutions channels last;
+#: transposed convolutions kept NCHW/IOHW (with transposes around them), the only layouts TVM
+#: 0.27's legalization of ``conv2d_transpose`` builds. Without their entry ``ConvertLayout``
+#: carried the NHWC input through them, and ppocr_det (FPN head upsampling) failed to build
+#: ("TOPI conv2d_transpose does not support input layout other than NCHW").
+NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
 def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     """Phase 1: graph-level rewrites on Relax operators, before lowering.
 
@@ -194,7 +202,7 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     before = [relax.transform.FoldConstant(), ClipToMaxMin(prim_bounds=fp16),
               *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
     convert = [ScalarConstantOperands(),
-               relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}),
+               relax.transform.ConvertLayout(NHWC_LAYOUTS),
                *([relax.transform.FoldConstant(), PackPointwiseNHWC(), FoldConstantOperands(),
                   relax.transform.DeadCodeElimination()] if int8 else [])]
     return [

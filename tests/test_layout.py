@@ -152,6 +152,32 @@ def test_nhwc_graph_transposes_only_at_the_edges():
     assert count_layout_transposes(plain) == 7  # without ClipToMaxMin: two per Clip
 
 
+def test_nhwc_graph_keeps_transposed_convolutions_nchw_so_they_build():
+    """conv2d -> conv2d_transpose (ppocr_det's upsampling head): TVM 0.27 legalizes transposed
+    convolutions only in NCHW/IOHW; carried along in NHWC, the model did not build."""
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    up = rng.standard_normal((8, 4, 2, 2)).astype(np.float32)  # IOHW
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 8, 8], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(weights), padding=1))
+            z = bb.emit(relax.op.nn.conv2d_transpose(y, relax.const(up), strides=2))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    with tvm.target.Target("llvm"):
+        nhwc = tvm.transform.Sequential(graph_passes(QuantScheme.none, Layout.NHWC))(mod)
+    data = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    outputs = []
+    for module in (mod, nhwc):
+        vm = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(data)).numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    assert "NHWC" in nhwc.script()  # the convolution itself is still channels last
+
+
 def test_nhwc_is_its_own_pipeline():
     nchw = compose("target=x86_64").target
     nhwc = compose("target=x86_64", "target.layout=NHWC").target
