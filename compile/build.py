@@ -14,6 +14,7 @@ from . import _tvm, cuda
 from .config import TargetConfig, TargetKind
 from .errors import BuildError, ToolchainError
 from .pipeline import post_tuning_passes
+from .targets import host_compat_mattr
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,26 @@ def build(mod: tvm.IRModule, cfg: TargetConfig, target: tvm.target.Target,
     return BuildResult(executable, time.perf_counter() - start, device_code)
 
 
+def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
+    """The llvm target to build with so that the code runs on this machine.
+
+    A target for this machine (no ``mtriple``) whose ``mcpu`` is another CPU's (a database's,
+    see ``compile.prepare.adopt_database_cpu``) gets the features this CPU lacks turned off
+    (:func:`compile.targets.host_compat_mattr`); schedules do not depend on them, so a tuning
+    database applies unchanged. Other targets are returned as they are.
+    """
+    spec = dict(target.export())
+    if target.kind.name != "llvm":
+        return target
+    extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
+    if not extra:
+        return target
+    return tvm.target.Target({**spec, "mattr": [*spec.get("mattr", []), *extra]})
+
+
 def _compile(mod: tvm.IRModule, target: tvm.target.Target, cfg: TargetConfig):
     try:
-        return tvm.compile(mod, target)
+        return tvm.compile(mod, runnable_target(target))
     except Exception as err:  # TVMError and friends from C++
         first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         raise BuildError(f"TVM failed to build for {cfg.name}: {first}") from None

@@ -48,11 +48,12 @@ CPUINFO_FLAGS = {"sse4_1": "sse4.1", "sse4_2": "sse4.2", "pclmulqdq": "pclmul", 
                  "amx_int8": "amx-int8", "amx_bf16": "amx-bf16", "amx_tile": "amx-tile",
                  "amx_fp16": "amx-fp16", "avx_vnni": "avxvnni"}
 
-#: Features whose instructions LLVM emits only for their own intrinsics or for non-temporal
-#: stores, neither of which TVM's kernels contain: AMD's SSE4A (``extrq``, ``insertq``,
-#: ``movntss``/``movntsd``) and ``vp2intersect``. Code for a CPU that has them runs on one that
-#: has not (``znver3`` code on an Intel Xeon): checked on the tiny models compiled for
-#: ``znver3`` and ``znver5`` in ``tests/test_targets.py``, and by hand on ppocr_det (2026-11-23).
+#: Features of AMD CPUs that schedules do not depend on: AMD's SSE4A (``extrq``, ``insertq``,
+#: ``movntss``/``movntsd``) and ``vp2intersect``. :func:`host_runs` does not require them, and
+#: code built to run here for a CPU that has them is built with them turned off
+#: (:func:`host_compat_mattr`): LLVM lowers some byte shuffles to ``insertq`` (11 in a packed
+#: 3×3 uint8 convolution built for ``znver3``, which then died of SIGILL on an Intel Xeon,
+#: 2026-11-23), so they cannot be assumed absent.
 UNUSED_FEATURES = frozenset({"sse4a", "avx512vp2intersect"})
 
 
@@ -89,6 +90,17 @@ def host_runs(mcpu: str) -> bool:
         return False
     return isa_features(mcpu) - UNUSED_FEATURES <= host_isa_features()
 
+
+
+def host_compat_mattr(mcpu: str | None, mtriple: str | None = None) -> list[str]:
+    """``mattr`` entries that make code for ``mcpu`` run on this CPU (``-sse4a`` on Intel).
+
+    The :data:`UNUSED_FEATURES` of ``mcpu`` that this CPU lacks, turned off; nothing for cross
+    targets (``mtriple``), unknown CPUs, or where this CPU has them all.
+    """
+    if not mcpu or mtriple or not _tvm.llvm_is_valid_cpu(mcpu, ""):
+        return []
+    return [f"-{f}" for f in sorted(UNUSED_FEATURES & isa_features(mcpu) - host_isa_features())]
 
 #: LLVM's tuning for Intel CPUs with AVX-512 (``skylake-avx512`` to ``sapphirerapids``, and
 #: ``rocketlake``, the name of a Sapphire Rapids Xeon under a hypervisor) prefers 256-bit vectors

@@ -144,8 +144,8 @@ def test_runner_loads_tvm_cuda_runtime_or_says_what_is_missing(tiny_dir, job_for
 @pytest.mark.parametrize("mcpu", ["znver3", "znver5"])
 def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir, job_for, mcpu):
     """host_runs ignores SSE4A and VP2INTERSECT (compile.targets.UNUSED_FEATURES): kernels
-    compiled for a CPU that has them contain none of their instructions, so the committed Zen
-    databases' code runs on CPUs without them (Intel)."""
+    compiled here for a CPU that has them contain none of their instructions, so the committed
+    Zen databases' code runs on CPUs without them (Intel)."""
     from compile.build import instruction_counts
 
     unused = ("extrq", "insertq", "movntss", "movntsd", "vp2intersectd", "vp2intersectq")
@@ -157,6 +157,40 @@ def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir
             pytest.skip("objdump not installed")
         assert counts.pop("ret") > 0  # the disassembly was read
         assert counts == dict.fromkeys(unused, 0)
+
+
+def test_code_built_here_for_an_amd_cpu_leaves_out_the_features_this_cpu_lacks(tmp_path):
+    """LLVM lowers byte shuffles to SSE4A's insertq for znver3: a packed 3x3 uint8 convolution
+    built for it had 11 and died of SIGILL on an Intel Xeon. The build turns such features off
+    (compile.build.runnable_target) where this CPU lacks them."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from compile.build import instruction_counts, runnable_target
+    from compile.targets import host_isa_features
+
+    from .test_pass_int8_nhwc import _nhwc_conv, _pack
+    from .test_pass_pointwise_int8 import ZEN4
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
+    if "sse4a" in host_isa_features():  # an AMD CPU: nothing to leave out
+        assert "mattr" not in dict(runnable_target(target).export())
+        return
+    assert list(dict(runnable_target(target).export())["mattr"]) == ["-sse4a"]
+    weights = np.random.default_rng(9).integers(-128, 128, (24, 3, 3, 96)).astype(np.int8)
+    mod, _ = _pack(_nhwc_conv("uint8", weights, (40, 40), (1, 1), (1, 1, 1, 1)), ZEN4)
+    counts = {}
+    for name, build_target in (("as_named", target), ("runnable", runnable_target(target))):
+        with build_target:
+            lowered = relax.get_pipeline("zero")(mod)
+        tvm.compile(lowered, build_target).export_library(str(tmp_path / f"{name}.so"))
+        counts[name] = instruction_counts(tmp_path / f"{name}.so", ("insertq", "extrq", "ret"))
+    if not counts["runnable"]:
+        pytest.skip("objdump not installed")
+    assert counts["as_named"]["insertq"] > 0  # LLVM does emit SSE4A for znver3
+    assert counts["runnable"]["insertq"] == counts["runnable"]["extrq"] == 0
+    assert counts["runnable"]["ret"] > 0
 
 
 def test_intel_avx512_cpus_get_512_bit_vectors_unless_the_user_says_otherwise(tiny_dir, job_for):
