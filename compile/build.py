@@ -14,7 +14,7 @@ from . import _tvm, cuda
 from .config import TargetConfig, TargetKind
 from .errors import BuildError, ToolchainError
 from .pipeline import post_tuning_passes
-from .targets import host_compat_mattr
+from .targets import runnable_target
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +81,6 @@ def build(mod: tvm.IRModule, cfg: TargetConfig, target: tvm.target.Target,
         executable = _compile(scheduled, target, cfg)
     device_code = cuda.check_device_code(executable.mod, str(cfg.arch))
     return BuildResult(executable, time.perf_counter() - start, device_code)
-
-
-def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
-    """The llvm target to build with so that the code runs on this machine.
-
-    A target for this machine (no ``mtriple``) whose ``mcpu`` is another CPU's (a database's,
-    see ``compile.prepare.adopt_database_cpu``) gets the features this CPU lacks turned off
-    (:func:`compile.targets.host_compat_mattr`); schedules do not depend on them, so a tuning
-    database applies unchanged. Other targets are returned as they are.
-    """
-    spec = dict(target.export())
-    if target.kind.name != "llvm":
-        return target
-    extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
-    if not extra:
-        return target
-    return tvm.target.Target({**spec, "mattr": [*spec.get("mattr", []), *extra]})
 
 
 def _compile(mod: tvm.IRModule, target: tvm.target.Target, cfg: TargetConfig):

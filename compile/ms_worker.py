@@ -49,4 +49,6 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params,
     max_unroll_steps : int or None
         See :func:`candidate_module` (bound with ``functools.partial`` by the tuning job).
     """
-    return tvm_build(candidate_module(mod, max_unroll_steps), target=target)
+    from .targets import runnable_target  # code for another CPU must run on this one
+
+    return tvm_build(candidate_module(mod, max_unroll_steps), target=runnable_target(target))

@@ -91,7 +91,6 @@ def host_runs(mcpu: str) -> bool:
     return isa_features(mcpu) - UNUSED_FEATURES <= host_isa_features()
 
 
-
 def host_compat_mattr(mcpu: str | None, mtriple: str | None = None) -> list[str]:
     """``mattr`` entries that make code for ``mcpu`` run on this CPU (``-sse4a`` on Intel).
 
@@ -101,6 +100,24 @@ def host_compat_mattr(mcpu: str | None, mtriple: str | None = None) -> list[str]
     if not mcpu or mtriple or not _tvm.llvm_is_valid_cpu(mcpu, ""):
         return []
     return [f"-{f}" for f in sorted(UNUSED_FEATURES & isa_features(mcpu) - host_isa_features())]
+
+
+def runnable_target(target: _tvm.Target) -> _tvm.Target:
+    """The llvm target to build with so that the code runs on this machine.
+
+    A target for this machine (no ``mtriple``) whose ``mcpu`` is another CPU's (a database's,
+    see ``compile.prepare.adopt_database_cpu``) gets the features this CPU lacks turned off
+    (:func:`host_compat_mattr`); schedules do not depend on them, so a tuning
+    database applies unchanged. Other targets are returned as they are.
+    """
+    spec = dict(target.export())
+    if target.kind.name != "llvm":
+        return target
+    extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
+    if not extra:
+        return target
+    return _tvm.Target({**spec, "mattr": [*spec.get("mattr", []), *extra]})
+
 
 #: LLVM's tuning for Intel CPUs with AVX-512 (``skylake-avx512`` to ``sapphirerapids``, and
 #: ``rocketlake``, the name of a Sapphire Rapids Xeon under a hypervisor) prefers 256-bit vectors
