@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,24 @@ def _compile(mod: tvm.IRModule, target: tvm.target.Target, cfg: TargetConfig):
     try:
         return tvm.compile(mod, runnable_target(target))
     except Exception as err:  # TVMError and friends from C++
-        first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise BuildError(f"TVM failed to build for {cfg.name}: {first}") from None
+        raise BuildError(f"TVM failed to build for {cfg.name}: {_error_line(err)}") from None
+
+
+def _error_line(err: Exception) -> str:
+    """One line that names what TVM's build failed on.
+
+    The last line of its message, without the trailing ``# Metadata omitted…`` note; for an
+    operator that no pass lowered (VM codegen's "Offending call:"), its first line and the
+    operator's name (e.g. an NHWC ``conv2d_transpose``, which TVM 0.27 does not legalize).
+    """
+    lines = [line for line in str(err).strip().splitlines()
+             if line.strip() and not line.startswith("# Metadata omitted")]
+    if not lines:
+        return type(err).__name__
+    op = re.search(r"Offending call:\s*R\.([\w.]+)\(", "\n".join(lines))
+    if op:
+        return f"{lines[0]} (operator: {op.group(1)})"
+    return lines[-1]
 
 
 #: The DWARF that LLVM emits for the kernels is ~11 % of an int8 MobileNetV2 library; symbols

@@ -176,6 +176,16 @@ def test_nhwc_graph_keeps_transposed_convolutions_nchw_so_they_build():
         outputs.append(vm["main"](tvm.runtime.tensor(data)).numpy())
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
     assert "NHWC" in nhwc.script()  # the convolution itself is still channels last
+    # Converted as well, it does not build; the build error names the operator, not TVM's
+    # "# Metadata omitted" note that ends its message.
+    from types import SimpleNamespace
+
+    from compile.build import _compile
+    from compile.errors import BuildError
+
+    both = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    with pytest.raises(BuildError, match=r"cannot emit .*\(operator: nn\.conv2d_transpose\)$"):
+        _compile(both, tvm.target.Target("llvm"), SimpleNamespace(name="x86_64"))
 
 
 def test_nhwc_is_its_own_pipeline():
