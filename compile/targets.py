@@ -110,9 +110,9 @@ def runnable_target(target: _tvm.Target) -> _tvm.Target:
     (:func:`host_compat_mattr`); schedules do not depend on them, so a tuning
     database applies unchanged. Other targets are returned as they are.
     """
-    spec = dict(target.export())
     if target.kind.name != "llvm":
         return target
+    spec = dict(target.export())
     extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
     if not extra:
         return target

@@ -433,8 +433,9 @@ def drop_unreplayable(folder: Path) -> list[str]:
             if "is not registered" in str(err):  # the process lacks it; the record is fine
                 raise TuningDatabaseError(
                     f"{record_path} line {number}: {str(err).strip().splitlines()[-1]} in this "
-                    "process; nothing was dropped (import compile.intrinsics before opening "
-                    "the database)") from None
+                    "process; nothing was dropped (register that tensor intrinsic before "
+                    "opening the database; this project's are registered by open_database)"
+                ) from None
             warnings.append(f"{record_path.name} line {number}: its schedule does not apply "
                             f"to workload {index}, dropped")
             continue

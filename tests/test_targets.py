@@ -162,13 +162,13 @@ def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir
 def test_code_built_here_for_an_amd_cpu_leaves_out_the_features_this_cpu_lacks(tmp_path):
     """LLVM lowers byte shuffles to SSE4A's insertq for znver3: a packed 3x3 uint8 convolution
     built for it had 11 and died of SIGILL on an Intel Xeon. The build turns such features off
-    (compile.build.runnable_target) where this CPU lacks them."""
+    (compile.targets.runnable_target) where this CPU lacks them."""
     import numpy as np
     import tvm
     from tvm import relax
 
-    from compile.build import instruction_counts, runnable_target
-    from compile.targets import host_isa_features
+    from compile.build import instruction_counts
+    from compile.targets import host_isa_features, runnable_target
 
     from .test_pass_int8_nhwc import _nhwc_conv, _pack
     from .test_pass_pointwise_int8 import ZEN4
