@@ -15,7 +15,7 @@ from . import _tvm, cuda
 from .config import TargetConfig, TargetKind
 from .errors import BuildError, ToolchainError
 from .pipeline import post_tuning_passes
-from .targets import runnable_target
+from .targets import build_target
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def build(mod: tvm.IRModule, cfg: TargetConfig, target: tvm.target.Target,
 
 def _compile(mod: tvm.IRModule, target: tvm.target.Target, cfg: TargetConfig):
     try:
-        return tvm.compile(mod, runnable_target(target))
+        return tvm.compile(mod, build_target(target))
     except Exception as err:  # TVMError and friends from C++
         raise BuildError(f"TVM failed to build for {cfg.name}: {_error_line(err)}") from None
 

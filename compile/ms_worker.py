@@ -49,6 +49,6 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params,
     max_unroll_steps : int or None
         See :func:`candidate_module` (bound with ``functools.partial`` by the tuning job).
     """
-    from .targets import runnable_target  # code for another CPU must run on this one
+    from .targets import build_target  # built as the compile job builds (runs on this CPU)
 
-    return tvm_build(candidate_module(mod, max_unroll_steps), target=runnable_target(target))
+    return tvm_build(candidate_module(mod, max_unroll_steps), target=build_target(target))

@@ -26,7 +26,7 @@ import tvm
 
 from . import _tvm
 from . import intrinsics as _intrinsics  # noqa: F401  (registers the intrinsics records name)
-from .targets import runnable_target
+from .targets import build_target
 from .tuning_db import records_by_workload
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray] | None:
 
 def _run(mod: tvm.IRModule, target: tvm.target.Target,
          arrays: list[np.ndarray]) -> list[np.ndarray]:
-    library = tvm.compile(mod, target=runnable_target(target))
+    library = tvm.compile(mod, target=build_target(target))
     tensors = [tvm.runtime.tensor(a) for a in arrays]
     library["main"](*tensors)
     return [t.numpy() for t in tensors]

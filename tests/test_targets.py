@@ -193,6 +193,40 @@ def test_code_built_here_for_an_amd_cpu_leaves_out_the_features_this_cpu_lacks(t
     assert counts["runnable"]["ret"] > 0
 
 
+
+def test_builds_divide_by_a_reused_divisor_with_its_reciprocal():
+    """Every requantization divides by its output scale; compile.targets.build_target lets LLVM
+    compute 1 / s once per scale and multiply (arcp), and leaves non-llvm targets alone."""
+    import re
+
+    import numpy as np
+    import tvm
+    from tvm.script import tirx as T
+
+    from compile.targets import build_target
+
+    @T.prim_func(s_tir=True)
+    def requantize(a: T.Buffer((64, 256), "float32"), s: T.Buffer((64,), "float32"),
+                   b: T.Buffer((64, 256), "float32")):
+        for i, j in T.grid(64, 256):
+            with T.sblock("b"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                b[vi, vj] = a[vi, vj] / s[vi]
+
+    plain = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4"})
+    divides = {}
+    for name, target in (("plain", plain), ("built", build_target(plain))):
+        lib = tvm.compile(tvm.IRModule({"main": requantize}), target=target)
+        divides[name] = len(re.findall(r"\bv?divps\b", lib.mod.inspect_source("asm")))
+        rng = np.random.default_rng(0)
+        a, s = rng.standard_normal((64, 256)).astype("float32"), rng.uniform(1e-3, 1, 64)
+        out = tvm.runtime.tensor(np.zeros((64, 256), "float32"))
+        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(s.astype("float32")), out)
+        np.testing.assert_allclose(out.numpy(), a / s[:, None].astype("float32"), rtol=2e-7)
+    assert divides["plain"] > 0 and divides["built"] == 0
+    gpu = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    assert build_target(gpu).same_as(gpu)
+
 def test_intel_avx512_cpus_get_512_bit_vectors_unless_the_user_says_otherwise(tiny_dir, job_for):
     """LLVM prefers 256-bit vectors on Intel CPUs with AVX-512 (compile.targets.NO_PREFER_256):
     the project turns that off, so kernels use zmm registers; target.mattr can turn it back on."""
