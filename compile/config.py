@@ -210,6 +210,9 @@ class TuningConfig:
     builder_workers: int | None = None  # parallel candidate builds; null = CPU count
     runner_workers: int = 1  # parallel measurements (1 keeps timings clean)
     min_weight: float = 0.0  # skip tuned tasks below this share of the FLOPs and of the time
+    # Tune only the kernels the database has no measured record for (new kernels after a pass
+    # change), leaving every measured one as it is.
+    only_new: bool = False
     patience: int = 64  # a task converged after this many trials without a 1 % gain
     keep_per_workload: int = 1  # records kept per workload after a run (0: keep all)
     check: bool = True  # run each kept record's kernel against the kernel as written (llvm)

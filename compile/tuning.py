@@ -324,6 +324,7 @@ def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
     transposes) have no FLOPs but can take time, or carry a measurement spoiled by noise that
     only more trials replace. A task without a time (never measured, every candidate failed, or
     every record rejected by the record check) is tuned: its time share is unknown, not zero.
+    With ``tuning.only_new`` only such tasks are tuned.
     """
     total_flops = sum(s.flops * s.weight for s in stats) or 1.0
     total_us = sum((s.best_us or 0.0) * s.weight for s in stats) or 1.0
@@ -331,7 +332,9 @@ def _select(stats: list[TaskStats], cfg: TuningConfig) -> list[int]:
     for index, task in enumerate(stats):
         share = task.flops * task.weight / total_flops
         time_share = (task.best_us or 0.0) * task.weight / total_us
-        if task.trials >= cfg.patience and task.since_improvement >= cfg.patience:
+        if cfg.only_new and task.trials > 0 and task.best_us:
+            task.skipped = "measured already (tuning.only_new)"
+        elif task.trials >= cfg.patience and task.since_improvement >= cfg.patience:
             task.skipped = f"converged: no gain in the last {task.since_improvement} trials"
         elif task.trials > 0 and task.best_us and max(share, time_share) < cfg.min_weight:
             task.skipped = (f"negligible: {share:.2%} of the model's FLOPs, {time_share:.2%} "
@@ -610,6 +613,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "builder_workers": cfg.builder_workers or threads,
                                    "runner_workers": cfg.runner_workers,
                                    "patience": cfg.patience, "min_weight": cfg.min_weight,
+                                   "only_new": cfg.only_new,
                                    "population": cfg.population, "reuse": cfg.reuse},
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json,

@@ -497,6 +497,19 @@ def test_kernels_without_flops_are_negligible_only_when_they_take_no_time():
     assert stats[2].skipped.startswith("negligible: 0.00% of the model's FLOPs, 0.10%")
 
 
+def test_only_new_tunes_the_kernels_without_a_measured_record():
+    """tuning.only_new: after a pass change makes new kernels, tune those and nothing else."""
+    from compile.config import TuningConfig
+    from compile.tuning import TaskStats, _select
+
+    stats = [TaskStats("fused_conv2d", 1e8, 1, trials=20, best_us=900.0),
+             TaskStats("int8_conv_nhwc_dot16x2_c3", 1e7, 1),  # new: no record
+             TaskStats("fused_mean2", 1e3, 1, trials=4)]  # every record rejected: no time
+    assert _select(stats, TuningConfig(only_new=True)) == [1, 2]
+    assert stats[0].skipped == "measured already (tuning.only_new)"
+    assert _select(stats, TuningConfig()) == [0, 1, 2]
+
+
 def _row_sum(block: str):
     """A row-sum PrimFunc whose reduction block is called ``block`` (structure independent)."""
     from tvm.script import tirx as T
