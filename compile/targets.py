@@ -119,7 +119,6 @@ def runnable_target(target: _tvm.Target) -> _tvm.Target:
     return _tvm.Target({**spec, "mattr": [*spec.get("mattr", []), *extra]})
 
 
-
 #: LLVM's ``arcp`` fast-math flag ("allow reciprocal"), set on every llvm build: a float
 #: ``x / y`` may become ``x * (1 / y)``, with ``1 / y`` computed once where ``y`` is reused. Each
 #: requantization divides by its output scale (``QuantizeLinear``'s ``x / s``), per channel in
@@ -143,6 +142,7 @@ def build_target(target: _tvm.Target) -> _tvm.Target:
     if target.kind.name != "llvm":
         return target
     return _tvm.Target({**dict(runnable_target(target).export()), **FAST_MATH})
+
 
 #: LLVM's tuning for Intel CPUs with AVX-512 (``skylake-avx512`` to ``sapphirerapids``, and
 #: ``rocketlake``, the name of a Sapphire Rapids Xeon under a hypervisor) prefers 256-bit vectors

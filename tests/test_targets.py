@@ -193,7 +193,6 @@ def test_code_built_here_for_an_amd_cpu_leaves_out_the_features_this_cpu_lacks(t
     assert counts["runnable"]["ret"] > 0
 
 
-
 def test_builds_divide_by_a_reused_divisor_with_its_reciprocal():
     """Every requantization divides by its output scale; compile.targets.build_target lets LLVM
     compute 1 / s once per scale and multiply (arcp), and leaves non-llvm targets alone."""
@@ -226,6 +225,7 @@ def test_builds_divide_by_a_reused_divisor_with_its_reciprocal():
     assert divides["plain"] > 0 and divides["built"] == 0
     gpu = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     assert build_target(gpu).same_as(gpu)
+
 
 def test_intel_avx512_cpus_get_512_bit_vectors_unless_the_user_says_otherwise(tiny_dir, job_for):
     """LLVM prefers 256-bit vectors on Intel CPUs with AVX-512 (compile.targets.NO_PREFER_256):
