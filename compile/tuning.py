@@ -455,12 +455,14 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
     tasks = {s.name: {"flops": s.flops, "weight": s.weight, "trials": s.trials,
                       "best_us": s.best_us, "since_improvement": s.since_improvement,
                       "workload": s.workload} for s in stats}
-    # Kernels of other variants of the model (another quant.exclude) keep their history,
-    # unless tuning.drop_stale drops them.
+    # Kernels of other variants of the model (another quant.exclude, 8- and 16-bit activations
+    # in one folder) keep their history, unless tuning.drop_stale drops them. Variants can give
+    # different kernels the same name: those entries are kept as "<name>@<workload>" (the
+    # history is read back by workload, _task_stats).
     current = {s.workload for s in stats}
     for name, entry in ({} if cfg.drop_stale else (old or {}).get("tasks", {})).items():
-        if entry.get("workload") and entry["workload"] not in current and name not in tasks:
-            tasks[name] = entry
+        if entry.get("workload") and entry["workload"] not in current:
+            tasks.setdefault(name if name not in tasks else f"{name}@{entry['workload']}", entry)
     return {
         "schema": PROVENANCE_SCHEMA,
         "model": model,

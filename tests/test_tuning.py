@@ -472,7 +472,12 @@ def test_task_history_follows_the_kernel_not_its_name():
                           SimpleNamespace(seed=0, drop_stale=False))
     assert written["tasks"]["fused_add2"]["trials"] == 48
     assert "fused_add1" not in written["tasks"]  # the same kernel, now under its new name
-    assert written["trials_total"] == 48
+    # Another kernel that another variant also names fused_add2 keeps its history.
+    kept = written["tasks"][f"fused_add2@{_workload(other)}"]
+    assert kept["trials"] == 7 and written["trials_total"] == 55
+    (again,) = _task_stats([SimpleNamespace(task_name="fused_add2", dispatched=[other],
+                                            weight=1)], written)
+    assert (again.trials, again.best_us) == (7, 9.0)
     other_variant = {"tasks": {"fused_mul9": {"trials": 12, "workload": "ffff"}}}
     written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
                           SimpleNamespace(seed=0, drop_stale=False))
