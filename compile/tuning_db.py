@@ -388,11 +388,6 @@ def replayed(trace: Any, mod: tvm.IRModule) -> tvm.IRModule | None:
     return schedule.mod
 
 
-def replays(trace: Any, mod: tvm.IRModule) -> bool:
-    """Whether a schedule trace applies to a module (:func:`replayed`)."""
-    return replayed(trace, mod) is not None
-
-
 def drop_unreplayable(folder: Path) -> list[str]:
     """Drop records whose trace does not apply to the workload they are stored under.
 
@@ -484,15 +479,45 @@ def apply_database(mod: tvm.IRModule, target: tvm.target.Target, folder: Path) -
                            len(names) - len(untuned), untuned, runs[-1].get("mlflow_run_id"))
 
 
+def records_to_take(database: Any, source: Any, tasks: list[Any],
+                    top_k: int) -> list[tuple[Any, list[tuple[Any, tvm.IRModule]]]]:
+    """The records another database offers for the tasks this one has no record of.
+
+    For each task whose kernel (workload) has no record in ``database`` and has some in
+    ``source``: its ``top_k`` fastest records there whose trace applies to the task's kernel
+    (:func:`replayed`; workloads match by structural equality, traces find blocks by name), each
+    with the kernel it schedules. Tasks with no such record are left out.
+
+    Returns
+    -------
+    list of (ExtractedTask, list of (TuningRecord, IRModule))
+    """
+    taken = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if not source.has_workload(mod):
+            continue
+        if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
+            continue
+        records = [(record, scheduled) for record in
+                   source.get_top_k(source.commit_workload(mod), top_k)
+                   if (scheduled := replayed(record.trace, mod)) is not None]
+        if records:
+            taken.append((task, records))
+    return taken
+
+
 def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_logs: Path,
                           target: dict, top_k: int = 1) -> dict[str, int]:
     """Copy the best records of workloads other models share, from their databases.
 
     Databases under ``tune_logs`` tuned for the same target dict and TVM version are searched
     for each task's workload (structural equality, so the kernel, not the model, must match).
-    A record is copied only if its trace applies to this task's module: structural equality
-    ignores block names (``lv338_red`` in one model, ``lv404_red`` in another), the trace
-    finds blocks by name, and TVM refuses a whole database with one record that fails.
+    A record is copied only if its trace applies to this task's module
+    (:func:`records_to_take`): structural equality ignores block names (``lv338_red`` in one
+    model, ``lv404_red`` in another), the trace finds blocks by name, and TVM refuses a whole
+    database with one record that fails. Tasks with a record in ``database`` are left as they
+    are.
 
     Parameters
     ----------
@@ -523,22 +548,13 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
             continue
         if provenance.get("target") != target or provenance.get("tvm_version") != _tvm.TVM_VERSION:
             continue
-        source = open_database(other)
-        from_here = 0
-        for task in tasks:
-            mod = task.dispatched[0]
-            if database.has_workload(mod) or not source.has_workload(mod):
-                continue
-            records = [r for r in source.get_top_k(source.commit_workload(mod), top_k)
-                       if replays(r.trace, mod)]
-            if not records:
-                continue
-            workload = database.commit_workload(mod)
-            for record in records:
+        taken = records_to_take(database, open_database(other), tasks, top_k)
+        for task, records in taken:
+            workload = database.commit_workload(task.dispatched[0])
+            for record, _ in records:
                 database.commit_tuning_record(_tvm.ms.database.TuningRecord(
                     record.trace, workload, record.run_secs, record.target, record.args_info))
                 copied[task.task_name] = copied.get(task.task_name, 0) + 1
-            from_here += 1
-        if from_here:
-            log.info("reused records from %s for %d task(s)", other, from_here)
+        if taken:
+            log.info("reused records from %s for %d task(s)", other, len(taken))
     return copied

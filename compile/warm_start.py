@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _tvm
-from .tuning_db import open_database, replayed
+from .tuning_db import open_database, records_to_take
 
 log = logging.getLogger(__name__)
 ms = _tvm.ms
@@ -54,18 +54,9 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
     dict of str to int
         Task name -> records timed and committed.
     """
-    source_db = open_database(source)
-    todo = []  # (task, record, scheduled module)
-    for task in tasks:
-        mod = task.dispatched[0]
-        if not source_db.has_workload(mod):
-            continue
-        if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
-            continue
-        for record in source_db.get_top_k(source_db.commit_workload(mod), top_k):
-            scheduled = replayed(record.trace, mod)
-            if scheduled is not None:
-                todo.append((task, record, scheduled))
+    todo = [(task, record, scheduled)  # (task, record, scheduled module)
+            for task, records in records_to_take(database, open_database(source), tasks, top_k)
+            for record, scheduled in records]
     if not todo:
         return {}
     builds = builder.build([ms.builder.BuilderInput(mod, target) for _, _, mod in todo])

@@ -635,6 +635,8 @@ def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
                                  target) == {}
     assert import_shared_records(database, [same_names], mine, tmp_path / "tune_logs",
                                  target) == {"same": 1}
+    assert import_shared_records(database, [same_names], mine, tmp_path / "tune_logs",
+                                 target) == {}  # it has a record now: left as it is
 
 
 def test_bench_engines_take_turns():
