@@ -342,19 +342,28 @@ def count_records(folder: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
-def open_database(folder: Path) -> Any:
+def open_database(folder: Path, read_only: bool = False) -> Any:
     """Open (creating if missing) MetaSchedule's JSON database in ``folder``, after :func:`repair`.
 
     When TVM refuses the files, records whose schedule does not apply to their workload are
     dropped (:func:`drop_unreplayable`) and the files are read once more.
 
+    ``read_only``: for another database that records are only taken from (another model's, or
+    another CPU's): no repair, nothing dropped, nothing created; its packed files are still
+    unpacked (:func:`ensure_plain`). Do not commit to it.
+
     Raises
     ------
     TuningDatabaseError
-        TVM cannot parse the files.
+        TVM cannot parse the files (``read_only``: or they are missing).
     """
     from . import intrinsics  # noqa: F401 (registers the tensor intrinsics records may name)
 
+    if read_only:
+        if not folder.is_dir():
+            raise TuningDatabaseError(f"no tuning database in {folder}")
+        ensure_plain(folder)
+        return _json_database(folder, allow_missing=False)
     folder.mkdir(parents=True, exist_ok=True)
     repair(folder)
     try:
@@ -365,10 +374,10 @@ def open_database(folder: Path) -> Any:
     return _json_database(folder)
 
 
-def _json_database(folder: Path) -> Any:
+def _json_database(folder: Path, allow_missing: bool = True) -> Any:
     try:
         return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
-                                             allow_missing=True, module_equality="structural")
+                                             allow_missing=allow_missing, module_equality="structural")
     except Exception as err:  # TVMError from the JSON loader
         raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
                                   f"{str(err).strip().splitlines()[-1]}") from None
@@ -548,7 +557,12 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
             continue
         if provenance.get("target") != target or provenance.get("tvm_version") != _tvm.TVM_VERSION:
             continue
-        taken = records_to_take(database, open_database(other), tasks, top_k)
+        try:
+            source = open_database(other, read_only=True)
+        except TuningDatabaseError as err:  # another model's: not this job's to repair
+            log.warning("records not reused from %s: %s", other, err)
+            continue
+        taken = records_to_take(database, source, tasks, top_k)
         for task, records in taken:
             workload = database.commit_workload(task.dispatched[0])
             for record, _ in records:

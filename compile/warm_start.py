@@ -55,7 +55,8 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
         Task name -> records timed and committed.
     """
     todo = [(task, record, scheduled)  # (task, record, scheduled module)
-            for task, records in records_to_take(database, open_database(source), tasks, top_k)
+            for task, records in records_to_take(database, open_database(source, read_only=True),
+                                                  tasks, top_k)
             for record, scheduled in records]
     if not todo:
         return {}

@@ -639,6 +639,39 @@ def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
                                  target) == {}  # it has a record now: left as it is
 
 
+
+def test_other_databases_are_read_without_being_changed(tmp_path):
+    """Reuse and warm start take records from other folders (other models, other CPUs): they
+    are opened read-only, so a tuning job never repairs or drops anything there."""
+    from types import SimpleNamespace
+
+    from compile import _tvm
+    from compile.tuning_db import (
+        RECORD_FILE,
+        import_shared_records,
+        open_database,
+        write_provenance,
+    )
+
+    target = {"kind": "llvm"}
+    other = tmp_path / "tune_logs" / "fp32_model" / "x86_64"
+    source = open_database(other)
+    theirs = _row_sum("lv338_red")
+    source.commit_tuning_record(_record_for(theirs, source.commit_workload(theirs),
+                                            "lv338_red"))
+    write_provenance(other, {"target": target, "tvm_version": _tvm.TVM_VERSION})
+    records = other / RECORD_FILE
+    records.write_text(records.read_text() + '[0, {"cut short')  # a killed job's last line
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    mine = tmp_path / "tune_logs" / "int8_model" / "x86_64"
+    task = SimpleNamespace(task_name="same", dispatched=[_row_sum("lv338_red")])
+    import_shared_records(open_database(mine), [task], mine, tmp_path / "tune_logs", target)
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    with pytest.raises(TuningDatabaseError):
+        open_database(tmp_path / "missing", read_only=True)
+    assert not (tmp_path / "missing").exists()
+
+
 def test_bench_engines_take_turns():
     """Runs split into rounds, engines alternating (order reversed every other round)."""
     from compile.benchmark import _interleaved
