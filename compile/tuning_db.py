@@ -376,8 +376,9 @@ def open_database(folder: Path, read_only: bool = False) -> Any:
 
 def _json_database(folder: Path, allow_missing: bool = True) -> Any:
     try:
-        return _tvm.ms.database.JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE),
-                                             allow_missing=allow_missing, module_equality="structural")
+        return _tvm.ms.database.JSONDatabase(
+            str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=allow_missing,
+            module_equality="structural")
     except Exception as err:  # TVMError from the JSON loader
         raise TuningDatabaseError(f"TVM cannot read the tuning database in {folder}: "
                                   f"{str(err).strip().splitlines()[-1]}") from None
