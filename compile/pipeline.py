@@ -25,6 +25,7 @@ from .passes import (
     DecomposeQDQ,
     DumpIR,
     FoldConstantOperands,
+    FoldConstantTransposes,
     LowerQDQToInteger,
     PackPointwiseNHWC,
     PropagateDequantize,
@@ -190,7 +191,9 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     first made Relax operators so the layout flows through them
     (``compile.passes.ClipToMaxMin``), and one-element constants that would take an operator
     back to NCHW made scalars
-    (``compile.passes.ScalarConstantOperands``); with ``int8``, also
+    (``compile.passes.ScalarConstantOperands``), and the constants' transposes that
+    ``ConvertLayout`` writes folded with numpy (``compile.passes.FoldConstantTransposes``);
+    with ``int8``, also
     the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
     1x1 convolutions packed channels last after the conversion
     (``compile.passes.PackPointwiseNHWC``), then the broadcast constants that hold one value
@@ -202,7 +205,7 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     before = [relax.transform.FoldConstant(), ClipToMaxMin(prim_bounds=fp16),
               *([DecomposeQDQ()] if int8 else []), relax.transform.DeadCodeElimination()]
     convert = [ScalarConstantOperands(),
-               relax.transform.ConvertLayout(NHWC_LAYOUTS),
+               relax.transform.ConvertLayout(NHWC_LAYOUTS), FoldConstantTransposes(),
                *([relax.transform.FoldConstant(), PackPointwiseNHWC(), FoldConstantOperands(),
                   relax.transform.DeadCodeElimination()] if int8 else [])]
     return [
