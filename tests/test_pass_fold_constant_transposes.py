@@ -1,4 +1,4 @@
-"""FoldConstantTransposes: TVMScript Before/Expected, what it leaves, the same module as FoldConstant."""
+"""FoldConstantTransposes: TVMScript Before/Expected, what it leaves, FoldConstant's result."""
 
 from __future__ import annotations
 

@@ -12,5 +12,5 @@ from .propagate_dequantize import PropagateDequantize
 from .scalar_constant_operands import ScalarConstantOperands
 
 __all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "FoldConstantOperands",
-           "FoldConstantTransposes", "LowerQDQToInteger", "PackPointwiseNHWC", "PropagateDequantize",
-           "ScalarConstantOperands"]
+           "FoldConstantTransposes", "LowerQDQToInteger", "PackPointwiseNHWC",
+           "PropagateDequantize", "ScalarConstantOperands"]
