@@ -102,23 +102,6 @@ def host_compat_mattr(mcpu: str | None, mtriple: str | None = None) -> list[str]
     return [f"-{f}" for f in sorted(UNUSED_FEATURES & isa_features(mcpu) - host_isa_features())]
 
 
-def runnable_target(target: _tvm.Target) -> _tvm.Target:
-    """The llvm target to build with so that the code runs on this machine.
-
-    A target for this machine (no ``mtriple``) whose ``mcpu`` is another CPU's (a database's,
-    see ``compile.prepare.adopt_database_cpu``) gets the features this CPU lacks turned off
-    (:func:`host_compat_mattr`); schedules do not depend on them, so a tuning
-    database applies unchanged. Other targets are returned as they are.
-    """
-    if target.kind.name != "llvm":
-        return target
-    spec = dict(target.export())
-    extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
-    if not extra:
-        return target
-    return _tvm.Target({**spec, "mattr": [*spec.get("mattr", []), *extra]})
-
-
 #: LLVM's ``arcp`` fast-math flag ("allow reciprocal"), set on every llvm build: a float
 #: ``x / y`` may become ``x * (1 / y)``, with ``1 / y`` computed once where ``y`` is reused. Each
 #: requantization divides by its output scale (``QuantizeLinear``'s ``x / s``), per channel in
@@ -136,12 +119,19 @@ FAST_MATH = {"fast-math-arcp": True}
 def build_target(target: _tvm.Target) -> _tvm.Target:
     """The target the compile job builds with, and the tuning job times candidates with.
 
-    For llvm targets :func:`runnable_target` with :data:`FAST_MATH`; other targets are
-    returned as they are. Build-time settings only: a tuning database applies unchanged.
+    llvm targets get :data:`FAST_MATH` and, for this machine (no ``mtriple``) with another
+    CPU's ``mcpu`` (a database's, see ``compile.prepare.adopt_database_cpu``), the features
+    this CPU lacks turned off (:func:`host_compat_mattr`), so that the code runs here. Neither
+    changes a schedule, so a tuning database applies unchanged. Other targets are returned as
+    they are.
     """
     if target.kind.name != "llvm":
         return target
-    return _tvm.Target({**dict(runnable_target(target).export()), **FAST_MATH})
+    spec = dict(target.export())
+    extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
+    if extra:
+        spec["mattr"] = [*spec.get("mattr", []), *extra]
+    return _tvm.Target({**spec, **FAST_MATH})
 
 
 #: LLVM's tuning for Intel CPUs with AVX-512 (``skylake-avx512`` to ``sapphirerapids``, and

@@ -162,29 +162,29 @@ def test_code_for_amd_cpus_has_no_instructions_of_their_unused_features(tiny_dir
 def test_code_built_here_for_an_amd_cpu_leaves_out_the_features_this_cpu_lacks(tmp_path):
     """LLVM lowers byte shuffles to SSE4A's insertq for znver3: a packed 3x3 uint8 convolution
     built for it had 11 and died of SIGILL on an Intel Xeon. The build turns such features off
-    (compile.targets.runnable_target) where this CPU lacks them."""
+    (compile.targets.build_target) where this CPU lacks them."""
     import numpy as np
     import tvm
     from tvm import relax
 
     from compile.build import instruction_counts
-    from compile.targets import host_isa_features, runnable_target
+    from compile.targets import build_target, host_isa_features
 
     from .test_pass_int8_nhwc import _nhwc_conv, _pack
     from .test_pass_pointwise_int8 import ZEN4
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
     if "sse4a" in host_isa_features():  # an AMD CPU: nothing to leave out
-        assert "mattr" not in dict(runnable_target(target).export())
+        assert "mattr" not in dict(build_target(target).export())
         return
-    assert list(dict(runnable_target(target).export())["mattr"]) == ["-sse4a"]
+    assert list(dict(build_target(target).export())["mattr"]) == ["-sse4a"]
     weights = np.random.default_rng(9).integers(-128, 128, (24, 3, 3, 96)).astype(np.int8)
     mod, _ = _pack(_nhwc_conv("uint8", weights, (40, 40), (1, 1), (1, 1, 1, 1)), ZEN4)
     counts = {}
-    for name, build_target in (("as_named", target), ("runnable", runnable_target(target))):
-        with build_target:
+    for name, built_for in (("as_named", target), ("runnable", build_target(target))):
+        with built_for:
             lowered = relax.get_pipeline("zero")(mod)
-        tvm.compile(lowered, build_target).export_library(str(tmp_path / f"{name}.so"))
+        tvm.compile(lowered, built_for).export_library(str(tmp_path / f"{name}.so"))
         counts[name] = instruction_counts(tmp_path / f"{name}.so", ("insertq", "extrq", "ret"))
     if not counts["runnable"]:
         pytest.skip("objdump not installed")

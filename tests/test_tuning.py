@@ -608,24 +608,27 @@ def test_record_naming_an_unregistered_intrinsic_is_kept_and_the_database_refuse
     assert records.read_text() == renamed
 
 
-def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
-    from types import SimpleNamespace
-
+def _other_models_database(tune_logs, target: dict):
+    """Another model's database under ``tune_logs``: one record of a row sum (``lv338_red``)."""
     from compile import _tvm
-    from compile.tuning_db import (
-        PROVENANCE_FILE,
-        import_shared_records,
-        open_database,
-        write_provenance,
-    )
+    from compile.tuning_db import open_database, write_provenance
 
-    target = {"kind": "llvm"}
-    other = tmp_path / "tune_logs" / "fp32_model" / "x86_64"
+    other = tune_logs / "fp32_model" / "x86_64"
     source = open_database(other)
     theirs = _row_sum("lv338_red")
     source.commit_tuning_record(_record_for(theirs, source.commit_workload(theirs),
                                             "lv338_red"))
     write_provenance(other, {"target": target, "tvm_version": _tvm.TVM_VERSION})
+    return other
+
+
+def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
+    from types import SimpleNamespace
+
+    from compile.tuning_db import PROVENANCE_FILE, import_shared_records, open_database
+
+    target = {"kind": "llvm"}
+    other = _other_models_database(tmp_path / "tune_logs", target)
     assert (other / PROVENANCE_FILE).is_file()
     mine = tmp_path / "tune_logs" / "int8_model" / "x86_64"
     database = open_database(mine)
@@ -639,27 +642,15 @@ def test_shared_records_are_copied_only_where_their_trace_applies(tmp_path):
                                  target) == {}  # it has a record now: left as it is
 
 
-
 def test_other_databases_are_read_without_being_changed(tmp_path):
     """Reuse and warm start take records from other folders (other models, other CPUs): they
     are opened read-only, so a tuning job never repairs or drops anything there."""
     from types import SimpleNamespace
 
-    from compile import _tvm
-    from compile.tuning_db import (
-        RECORD_FILE,
-        import_shared_records,
-        open_database,
-        write_provenance,
-    )
+    from compile.tuning_db import RECORD_FILE, import_shared_records, open_database
 
     target = {"kind": "llvm"}
-    other = tmp_path / "tune_logs" / "fp32_model" / "x86_64"
-    source = open_database(other)
-    theirs = _row_sum("lv338_red")
-    source.commit_tuning_record(_record_for(theirs, source.commit_workload(theirs),
-                                            "lv338_red"))
-    write_provenance(other, {"target": target, "tvm_version": _tvm.TVM_VERSION})
+    other = _other_models_database(tmp_path / "tune_logs", target)
     records = other / RECORD_FILE
     records.write_text(records.read_text() + '[0, {"cut short')  # a killed job's last line
     before = {p.name: p.read_bytes() for p in other.iterdir()}
