@@ -13,6 +13,7 @@ def summary(result: CompileResult) -> str:
     lines = [
         f"model      {result.model}",
         f"target     {result.target}  {result.target_dict}",
+        f"layout     {result.layout}",
         f"kernels    {result.kernels_before_fusion} before fusion -> "
         f"{result.kernels_after_fusion} after",
         f"tuning     {result.tuning['tasks_tuned']}/{result.tuning['tasks_total']} kernels with "

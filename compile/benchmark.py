@@ -35,6 +35,7 @@ from .prepare import (
     database_folder,
     find_database,
     prepare_model,
+    resolve_layout,
     variant_path,
 )
 from .targets import host_runnable
@@ -126,6 +127,7 @@ def ensure_artifact(job: BenchJob) -> tuple[Path, PreparedModel]:
     Like the compile job, for the CPU its tuning database was tuned on where this machine runs
     that CPU's code (:func:`compile.prepare.adopt_database_cpu`).
     """
+    job, _ = resolve_layout(job)  # run_bench has (its fp32 and untuned builds alike)
     job, adopted = adopt_database_cpu(job)
     if adopted:
         log.warning(adopted)
@@ -199,6 +201,9 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
         A target this machine cannot run.
     """
     tracker = tracker or Tracker(None)
+    job, layout = resolve_layout(job)  # once: the fp32 and untuned builds take the same layout
+    if layout:
+        log.info(layout)
     cfg = job.bench
     if not host_runnable(job.target):
         raise ConfigError(f"benchmarking target {job.target.name} needs a machine that runs it; "

@@ -69,6 +69,9 @@ class Layout(Enum):
 
     NCHW = "NCHW"  # as imported from ONNX
     NHWC = "NHWC"  # channels last, kernels OHWI (CPU targets)
+    # chosen per job (compile.prepare.resolve_layout): NHWC for quant=int8 on CPU, where the
+    # packed integer kernels are, unless only NCHW has a tuning database; NCHW otherwise
+    auto = "auto"
 
 
 class CostModel(Enum):
@@ -170,7 +173,7 @@ class TargetConfig:
     # CPU: cap on the explicit unrolling tuned schedules ask for (compile.passes.CapUnroll;
     # code size), null = as tuned
     max_unroll_steps: int | None = None
-    # CPU: layout of 2-D convolutions (NHWC: channels last, float or int8)
+    # CPU: layout of 2-D convolutions (NHWC: channels last, float or int8; auto: per job)
     layout: Layout = Layout.NCHW
 
     def __post_init__(self) -> None:

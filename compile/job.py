@@ -35,6 +35,7 @@ from .prepare import (
     database_folder,
     find_database,
     prepare_model,
+    resolve_layout,
     tuning_section,
     variant_path,
 )
@@ -68,6 +69,7 @@ class CompileResult:
     threads: int = 1
     run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    layout: str = ""  # the convolution layout, and why where target.layout was auto
 
 
 def _verify(job: CompileJob, stage: Path, prepared: PreparedModel, threads: int) -> dict[str, Any]:
@@ -148,6 +150,9 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
     """
     tracker = tracker or Tracker(None)
     check_toolchain(job.target)  # before any work: a missing cross compiler fails in a second
+    job, layout = resolve_layout(job)
+    if layout:
+        log.info(layout)
     job, adopted = adopt_database_cpu(job)
     try:
         result = _compile_once(job, tracker, exclude=[])
@@ -160,6 +165,7 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
         result = _compile_once(job, tracker, exclude=worst, attempt=2)
     if adopted:
         result.warnings.insert(0, adopted)
+    result.layout = layout or job.target.layout.name
     return result
 
 

@@ -232,7 +232,14 @@ def preparation_pipeline(target: TargetConfig, quant: QuantScheme = QuantScheme.
     quant : QuantScheme
     dump_dir : str or Path, optional
         Write the IR after each phase here (``dump_ir=<dir>``).
+
+    Raises
+    ------
+    ValueError
+        ``target.layout`` is auto: choose it first (``compile.prepare.choose_layout``).
     """
+    if target.layout == Layout.auto:
+        raise ValueError("target.layout=auto: choose the layout first (compile.prepare)")
     cpu = family(target) == "cpu"
     phases = (
         # Phase 1. Graph rewrites.

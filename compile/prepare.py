@@ -112,6 +112,9 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
         From the stages: config, fetch, unsupported model, calibration data, target.
     """
     check_quant_target(quant, target_cfg)
+    if target_cfg.layout == Layout.auto:  # jobs resolve it first (resolve_layout), alike
+        layout, _ = choose_layout(str(model.name), target_cfg, quant.scheme, paths)
+        target_cfg = replace(target_cfg, layout=layout)
     target = resolve_target(target_cfg)
     metrics: dict[str, float] = {}
     start = time.perf_counter()
@@ -156,7 +159,15 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
 
 
 def variant_path(root: str | Path, model: str, target: TargetConfig, quant: QuantScheme) -> Path:
-    """``<root>/<model>/<target>``, plus ``/<scheme>`` for quantized and ``/nhwc`` for NHWC ones."""
+    """``<root>/<model>/<target>``, plus ``/<scheme>`` for quantized and ``/nhwc`` for NHWC ones.
+
+    Raises
+    ------
+    ValueError
+        ``target.layout`` is auto: choose it first (:func:`choose_layout`).
+    """
+    if target.layout == Layout.auto:
+        raise ValueError("target.layout=auto: choose the layout first (compile.prepare)")
     path = Path(root) / model / target.name
     if quant != QuantScheme.none:
         path = path / quant.name
@@ -212,6 +223,79 @@ def host_cpu_folder(paths: PathsConfig, model: str, target: TargetConfig,
         return None
     return variant_path(paths.tune_logs_dir, model,
                         replace(target, name=f"{target.name}-{host_cpu()}"), quant)
+
+
+def choose_layout(model: str, target: TargetConfig, quant: QuantScheme, paths: PathsConfig,
+                  database: str | None = None, apply: bool = True) -> tuple[Layout, str]:
+    """The convolution layout for ``target.layout: auto``, and why.
+
+    ``quant=int8`` on an llvm target takes NHWC, where its integer kernels are packed
+    channels-last (``compile.passes.PackPointwiseNHWC``: 16-bit mobilenet_v2 on an Intel Xeon,
+    2 threads, tuned, 2.72 ms in NHWC against 60.5 ms in NCHW, for which no database of that
+    variant exists; ppocr_rec 7.3 against 135 ms, 2026-11-24), unless only NCHW has a tuning
+    database for it (:func:`database_folder`, ``database`` as ``tuning.database``; none counts
+    where ``apply`` is false). Everything else takes NCHW, the layout as imported, for which the
+    committed float32 databases are tuned.
+
+    Parameters
+    ----------
+    model : str
+    target : TargetConfig
+        Its ``layout`` is not read.
+    quant : QuantScheme
+    paths : PathsConfig
+    database : str, optional
+    apply : bool
+
+    Returns
+    -------
+    layout : Layout
+        NCHW or NHWC.
+    why : str
+        One line for the log: ``target.layout=auto: NHWC (...)``.
+    """
+    int8 = quant == QuantScheme.int8 and target.kind == TargetKind.llvm
+    order = [Layout.NHWC, Layout.NCHW] if int8 else [Layout.NCHW]
+
+    def tuned(layout: Layout) -> Path | None:
+        if not apply:
+            return None
+        folder = database_folder(paths, model, replace(target, layout=layout), quant, database)
+        pipeline = str((read_provenance(folder) or {}).get("pipeline", ""))
+        nhwc = pipeline.endswith("-nhwc")  # compile.pipeline.preparation_pipeline's name
+        return folder if pipeline and nhwc == (layout == Layout.NHWC) else None
+
+    found = [(layout, folder) for layout in order if (folder := tuned(layout))]
+    layout, folder = found[0] if found else (order[0], None)
+    why = ("quant=int8: integer kernels packed channels-last" if layout == Layout.NHWC else
+           "the only tuning database for quant=int8" if int8 else "as imported")
+    where = "no tuning database"
+    if folder:
+        shown = folder.resolve()
+        shown = shown.relative_to(Path.cwd()) if shown.is_relative_to(Path.cwd()) else shown
+        where = f"tuning database {shown}"
+    return layout, f"target.layout=auto: {layout.name} ({why}; {where})"
+
+
+def resolve_layout(job: Any) -> tuple[Any, str | None]:
+    """A job whose ``target.layout`` is auto as the layout :func:`choose_layout` chooses.
+
+    Parameters
+    ----------
+    job : CompileJob or BenchJob
+
+    Returns
+    -------
+    job : CompileJob or BenchJob
+        ``job`` (an explicit layout), or a copy whose ``target.layout`` is NCHW or NHWC.
+    note : str or None
+        The layout chosen and why (None where it was explicit).
+    """
+    if job.target.layout != Layout.auto:
+        return job, None
+    layout, why = choose_layout(str(job.model.name), job.target, job.quant.scheme, job.paths,
+                                job.tuning.database, job.tuning.apply)
+    return replace(job, target=replace(job.target, layout=layout)), why
 
 
 def adopt_database_cpu(job: Any) -> tuple[Any, str | None]:

@@ -33,7 +33,13 @@ from .config import CompileJob, TargetKind, TuningConfig, host_threads
 from .errors import ConfigError, TuningDatabaseError
 from .ms_worker import build_candidate
 from .pipeline import unroll_cap
-from .prepare import PreparedModel, database_folder, host_cpu_folder, prepare_model
+from .prepare import (
+    PreparedModel,
+    database_folder,
+    host_cpu_folder,
+    prepare_model,
+    resolve_layout,
+)
 from .record_check import check_best_records
 from .tracking import Tracker, host_cpu_name
 from .tuning_db import (
@@ -544,6 +550,9 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         is unreadable.
     """
     tracker = tracker or Tracker(None)
+    job, layout = resolve_layout(job)
+    if layout:
+        log.info(layout)
     cfg = job.tuning
     check_tunable(job)
     threads = job.target.num_cores or host_threads()

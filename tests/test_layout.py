@@ -189,7 +189,7 @@ def test_nhwc_graph_keeps_transposed_convolutions_nchw_so_they_build():
 
 
 def test_nhwc_is_its_own_pipeline():
-    nchw = compose("target=x86_64").target
+    nchw = compose("target=x86_64", "target.layout=NCHW").target
     nhwc = compose("target=x86_64", "target.layout=NHWC").target
     assert preparation_pipeline(nhwc).name == "cpu-none-nhwc"
     assert preparation_pipeline(nchw).name == "cpu-none"
@@ -208,6 +208,52 @@ def test_nhwc_compile_job_matches_onnx_runtime(tiny_dir, job_for):
     assert manifest["pipeline"]["name"] == "cpu-none-nhwc"
     assert "ConvertLayout" in manifest["pipeline"]["passes"]
     assert result.metrics["layout_transposes"] == 3
+
+
+def _auto(tmp_path, *overrides):
+    """The layout (and its reason) x86_64's ``layout: auto`` takes for mobilenet_v2."""
+    from compile.prepare import resolve_layout
+
+    job = compose("model=mobilenet_v2", f"paths.tune_logs_dir={tmp_path}", *overrides)
+    resolved, note = resolve_layout(job)
+    return resolved.target.layout, note
+
+
+def _database(folder, pipeline: str) -> str:
+    from compile.targets import host_cpu
+    from compile.tuning_db import write_provenance
+
+    folder.mkdir(parents=True)
+    write_provenance(folder, {"pipeline": pipeline, "target": {"kind": "llvm", "mcpu": host_cpu()}})
+    return str(folder)
+
+
+def test_auto_layout_is_nhwc_for_int8_and_nchw_for_the_rest(tmp_path):
+    assert compose("target=x86_64").target.layout == Layout.auto
+    assert _auto(tmp_path) == (Layout.NCHW, "target.layout=auto: NCHW (as imported; no tuning "
+                                            "database)")
+    layout, note = _auto(tmp_path, "quant=int8")
+    assert layout == Layout.NHWC and "packed channels-last; no tuning database" in note
+    assert _auto(tmp_path, "quant=int8", "target.layout=NCHW") == (Layout.NCHW, None)
+    assert _auto(tmp_path, "target.layout=NHWC") == (Layout.NHWC, None)
+    assert _auto(tmp_path, "target=cuda_sm80", "target.layout=auto")[0] == Layout.NCHW
+    with pytest.raises(ValueError, match="choose the layout first"):
+        preparation_pipeline(compose("target=x86_64").target)
+
+
+def test_auto_layout_takes_nchw_where_only_nchw_has_a_database(tmp_path):
+    """A CPU whose int8 database is NCHW's (Zen 3, tune_logs/mobilenet_v2/x86_64/int8) keeps
+    it; once NHWC has one too, NHWC wins; without applying databases NHWC is taken."""
+    nchw = _database(tmp_path / "mobilenet_v2" / "x86_64" / "int8", "cpu-int8")
+    layout, note = _auto(tmp_path, "quant=int8")
+    assert layout == Layout.NCHW and "only tuning database for quant=int8" in note
+    assert nchw in note or "x86_64/int8)" in note
+    assert _auto(tmp_path, "quant=int8", "tuning.apply=false")[0] == Layout.NHWC
+    assert _auto(tmp_path, "quant=int8", f"tuning.database={nchw}")[0] == Layout.NCHW
+    nhwc = _database(tmp_path / "mobilenet_v2" / "x86_64" / "int8" / "nhwc", "cpu-int8-nhwc")
+    assert _auto(tmp_path, "quant=int8")[0] == Layout.NHWC
+    assert _auto(tmp_path, "quant=int8", f"tuning.database={nchw}")[0] == Layout.NCHW
+    assert _auto(tmp_path, "quant=int8", f"tuning.database={nhwc}")[0] == Layout.NHWC
 
 
 def test_nhwc_needs_a_cpu_target():

@@ -37,10 +37,11 @@ def int8_overrides(npz_dir, *extra):
             "quant.validation.source=npz", f"quant.validation.path={npz_dir}/val.npz", *extra]
 
 
-@pytest.mark.parametrize(("calibrator", "activations"), [
-    ("nncf", "uint8"), ("onnxruntime", "uint8"), ("nncf", "int16")])
+@pytest.mark.parametrize(("calibrator", "activations", "layout"), [
+    ("nncf", "uint8", "auto"), ("onnxruntime", "uint8", "NCHW"), ("nncf", "int16", "auto")])
 def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator, activations,
-                                              tmp_path):
+                                              layout, tmp_path):
+    """x86_64's default layout (auto) is NHWC for quant=int8 (compile.prepare.choose_layout)."""
     import mlflow
 
     from compile.tracking import tracked_run
@@ -50,13 +51,19 @@ def test_int8_artifact_verified_and_described(tiny_dir, job_for, npz, calibrator
     job = job_for(tiny_dir / "conv_bn_relu.onnx",
                   *int8_overrides(npz, f"quant.calibrator={calibrator}", "quant.max_drop=0.05",
                                   f"quant.activation_type={activations}", *margin),
-                  "tracking.enabled=true", f"tracking.uri={uri}")
+                  "tracking.enabled=true", f"tracking.uri={uri}", f"target.layout={layout}")
     with tracked_run(job.tracking, "compile/conv_bn_relu") as tracker:
         result = run_compile(job, tracker)
     run = mlflow.MlflowClient(uri).get_run(result.run_id)
     assert run.data.params["quant.weight_rounding"] == ("gptq" if margin else "nearest")
     assert (0 < run.data.metrics.get("gptq_output_error_ratio", 0) < 1) == bool(margin)
-    assert result.artifact_dir.name == "int8" and result.artifact_dir.parent.name == "x86_64"
+    nhwc = layout == "auto"
+    assert run.data.params["target.layout"] == ("NHWC" if nhwc else "NCHW")
+    assert result.layout.startswith("target.layout=auto: NHWC" if nhwc else "NCHW")
+    folder = result.artifact_dir.parent if nhwc else result.artifact_dir
+    assert (result.artifact_dir.name == "nhwc") == nhwc
+    assert folder.name == "int8" and folder.parent.name == "x86_64"
+    assert read_manifest(result.artifact_dir)["pipeline"]["layout"] == ("NHWC" if nhwc else "NCHW")
     assert result.verification["status"] == "passed"
     assert result.verification["min_cosine"] >= 0.98
     quant = read_manifest(result.artifact_dir)["quantization"]
@@ -78,7 +85,8 @@ def test_gate_fails_with_too_strict_threshold(tiny_dir, job_for, npz, tmp_path):
                        match=r"accuracy gate failed: cosine drop .* rounded to bfloat16 alone: "
                              r"drop .* layers that hurt most .*Conv"):
         run_compile(job)
-    assert not (tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8").exists()
+    assert not list((tmp_path / "art").rglob("manifest.json"))  # no artifact, staged or not
+    assert not list((tmp_path / "art").rglob("*.stage-*"))
 
 
 def test_gate_failure_cli_one_line(tiny_dir, npz, tmp_path):
@@ -377,7 +385,7 @@ def test_keep_float_worst_retries_with_the_most_sensitive_layer(tiny_dir, job_fo
                    "verify.bench_runs=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "retrying with 1 layers in float" in proc.stdout + proc.stderr
-    manifest = read_manifest(tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8")
+    manifest = read_manifest(tmp_path / "art" / "conv_bn_relu" / "x86_64" / "int8" / "nhwc")
     assert manifest["quantization"]["kept_float"] == [worst]
     run_id = re.search(r"mlflow +run ([0-9a-f]{32})", proc.stdout).group(1)
     run = mlflow.MlflowClient(uri).get_run(run_id)
