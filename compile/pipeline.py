@@ -24,6 +24,7 @@ from .passes import (
     ClipToMaxMin,
     DecomposeQDQ,
     DumpIR,
+    FoldConstantElementwise,
     FoldConstantOperands,
     FoldConstantTransposes,
     LowerQDQToInteger,
@@ -181,23 +182,24 @@ NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose"
 def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     """Phase 1: graph-level rewrites on Relax operators, before lowering.
 
-    ``int8``: quantized conv2d/matmul into integer compute (QDQ models; per-tensor dequantize
-    first moved past the data movement before them, ``compile.passes.PropagateDequantize``;
-    1x1 convolutions packed for the AVX2 int8 intrinsic where the target has AVX2 and the
-    weights cannot saturate it); ``fp16``: float16 compute with float32 accumulation (GPU
-    targets), every Clip first made Relax ``maximum``/``minimum`` (``ToMixedPrecision`` fails
-    on ``call_tir`` and on ``clip``, ``compile.passes.ClipToMaxMin``). ``NHWC``: 2-D
-    convolutions channels last (kernels OHWI), the imported Clips
-    first made Relax operators so the layout flows through them
+    Every pipeline: elementwise operators of constants folded with numpy
+    (``compile.passes.FoldConstantElementwise``: the importer's Clip bounds), after the
+    ``int8`` rewrites. ``int8``: quantized conv2d/matmul into integer compute (QDQ models;
+    per-tensor dequantize first moved past the data movement before them,
+    ``compile.passes.PropagateDequantize``; 1x1 convolutions packed for the AVX2 int8 intrinsic
+    where the target has AVX2 and the weights cannot saturate it); ``fp16``: float16 compute
+    with float32 accumulation (GPU targets), every Clip first made Relax
+    ``maximum``/``minimum`` (``ToMixedPrecision`` fails on ``call_tir`` and on ``clip``,
+    ``compile.passes.ClipToMaxMin``). ``NHWC``: 2-D convolutions channels last (kernels OHWI),
+    the imported Clips first made Relax operators so the layout flows through them
     (``compile.passes.ClipToMaxMin``), and one-element constants that would take an operator
-    back to NCHW made scalars
-    (``compile.passes.ScalarConstantOperands``), and the constants' transposes that
-    ``ConvertLayout`` writes folded with numpy (``compile.passes.FoldConstantTransposes``);
-    with ``int8``, also
-    the remaining quantize/dequantize (``compile.passes.DecomposeQDQ``), and the
-    1x1 convolutions packed channels last after the conversion
-    (``compile.passes.PackPointwiseNHWC``), then the broadcast constants that hold one value
-    made one-element or dropped (``compile.passes.FoldConstantOperands``).
+    back to NCHW made scalars (``compile.passes.ScalarConstantOperands``), and the constants'
+    transposes that ``ConvertLayout`` writes folded with numpy
+    (``compile.passes.FoldConstantTransposes``); with ``int8``, also the remaining
+    quantize/dequantize (``compile.passes.DecomposeQDQ``), and the 1x1 convolutions packed
+    channels last after the conversion (``compile.passes.PackPointwiseNHWC``), then the
+    broadcast constants that hold one value made one-element or dropped
+    (``compile.passes.FoldConstantOperands``).
     """
     nhwc, int8 = layout == Layout.NHWC, quant == QuantScheme.int8
     fp16 = quant == QuantScheme.fp16
@@ -211,6 +213,7 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
     return [
         *([PropagateDequantize(), LowerQDQToInteger(layout_convertible=nhwc)] if int8
           else [empty]),
+        FoldConstantElementwise(),  # with numpy, where FoldConstant built a kernel for each
         *(before if nhwc or fp16 else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),
