@@ -93,7 +93,8 @@ def test_gate_failure_cli_one_line(tiny_dir, npz, tmp_path):
     proc = run_cli("compile", "model=file", f"model.path={tiny_dir / 'conv_bn_relu.onnx'}",
                    *int8_overrides(npz, "quant.max_drop=0.0"), f"paths.artifacts_dir={tmp_path}",
                    "tracking=off")
-    assert_one_line_error(proc, "accuracy gate failed", "keep_float_worst")
+    assert_one_line_error(proc, "accuracy gate failed", "keep_float_worst",
+                          "quant.activation_type=int16")
 
 
 @pytest.mark.parametrize("setup, needle", [
