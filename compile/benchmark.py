@@ -201,9 +201,7 @@ def run_bench(job: BenchJob, tracker: Tracker | None = None) -> BenchResult:
         A target this machine cannot run.
     """
     tracker = tracker or Tracker(None)
-    job, layout = resolve_layout(job)  # once: the fp32 and untuned builds take the same layout
-    if layout:
-        log.info(layout)
+    job, _ = resolve_layout(job)  # once: the fp32 and untuned builds take the same layout
     cfg = job.bench
     if not host_runnable(job.target):
         raise ConfigError(f"benchmarking target {job.target.name} needs a machine that runs it; "

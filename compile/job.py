@@ -151,8 +151,6 @@ def run_compile(job: CompileJob, tracker: Tracker | None = None) -> CompileResul
     tracker = tracker or Tracker(None)
     check_toolchain(job.target)  # before any work: a missing cross compiler fails in a second
     job, layout = resolve_layout(job)
-    if layout:
-        log.info(layout)
     job, adopted = adopt_database_cpu(job)
     try:
         result = _compile_once(job, tracker, exclude=[])

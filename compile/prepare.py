@@ -289,12 +289,13 @@ def resolve_layout(job: Any) -> tuple[Any, str | None]:
     job : CompileJob or BenchJob
         ``job`` (an explicit layout), or a copy whose ``target.layout`` is NCHW or NHWC.
     note : str or None
-        The layout chosen and why (None where it was explicit).
+        The layout chosen and why, also logged (None where it was explicit).
     """
     if job.target.layout != Layout.auto:
         return job, None
     layout, why = choose_layout(str(job.model.name), job.target, job.quant.scheme, job.paths,
                                 job.tuning.database, job.tuning.apply)
+    log.info(why)
     return replace(job, target=replace(job.target, layout=layout)), why
 
 

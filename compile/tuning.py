@@ -550,9 +550,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         is unreadable.
     """
     tracker = tracker or Tracker(None)
-    job, layout = resolve_layout(job)
-    if layout:
-        log.info(layout)
+    job, _ = resolve_layout(job)
     cfg = job.tuning
     check_tunable(job)
     threads = job.target.num_cores or host_threads()
