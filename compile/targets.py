@@ -10,7 +10,7 @@ from typing import Any
 
 from runner.model import host_arch
 
-from . import _tvm
+from . import _tvm, fast_math
 from .config import TargetConfig, TargetKind, host_threads
 from .errors import ToolchainError
 
@@ -121,12 +121,14 @@ def build_target(target: _tvm.Target) -> _tvm.Target:
 
     llvm targets get :data:`FAST_MATH` and, for this machine (no ``mtriple``) with another
     CPU's ``mcpu`` (a database's, see ``compile.prepare.adopt_database_cpu``), the features
-    this CPU lacks turned off (:func:`host_compat_mattr`), so that the code runs here. Neither
-    changes a schedule, so a tuning database applies unchanged. Other targets are returned as
-    they are.
+    this CPU lacks turned off (:func:`host_compat_mattr`), so that the code runs here, and
+    float32 ``exp`` is lowered to vectorizable arithmetic in this process
+    (:func:`compile.fast_math.register`). None of these changes a schedule, so a tuning database
+    applies unchanged. Other targets are returned as they are.
     """
     if target.kind.name != "llvm":
         return target
+    fast_math.register()
     spec = dict(target.export())
     extra = host_compat_mattr(spec.get("mcpu"), spec.get("mtriple"))
     if extra:
