@@ -198,12 +198,39 @@ def test_packed_matmul_is_identical_to_the_integer_matmul(lead, dtype, low, high
 
 @pytest.mark.parametrize(("k", "n", "lead"), [
     (10, 16, (1, 2, 3)),  # K not a multiple of 4
-    (12, 21, (1, 2, 3)),  # N not a multiple of 8 (ppocr_rec's 6625-class head)
+    (12, 21, (1, 2, 3)),  # N padded to whole tiles would add more than N / 8
+    (12, 131, (1, 2, 3)),  # N paddable, but the rows of two matrices
     (12, 16, (1, 1))])  # one row: a matrix-vector product
 def test_matmuls_the_packed_form_does_not_take_stay(k, n, lead):
     weights = RNG.integers(-128, 128, (k, n)).astype(np.int8)
     packed, pack = _pack(_int8_matmul("uint8", weights, lead), ZEN4)
     assert pack.packed == 0 and "relax.matmul" in _calls(packed)
+
+
+@pytest.mark.parametrize("lead", [(1, 6), (1, 1, 6), (6,)])
+@pytest.mark.parametrize(("dtype", "features", "lanes", "intrinsic"), [
+    ("uint8", 131, 16, AVX512_CHANNEL_DOT_16x4),  # 144 = 9 tiles of 16
+    ("int8", 50, 8, VNNI_CHANNEL_DOT_8x4),  # 56; 64 would add more than 50 / 8
+    ("uint16", 131, 16, AVX512_CHANNEL_DOT_I16_16x2)])
+def test_matmul_output_features_are_padded_to_whole_tiles_and_sliced(lead, dtype, features,
+                                                                    lanes, intrinsic):
+    """ppocr_rec's CTC head ([1, 40, 120] x [120, 6625]) in small: the weights padded with
+    zero columns, the kernel returning the real columns of its padded product; bit-identical."""
+    weights = RNG.integers(-128, 128, (12, features)).astype(np.int8)
+    before = _int8_matmul(dtype, weights, lead)
+    packed, pack = _pack(before, ZEN4)
+    assert pack.packed_by == {intrinsic: 1}
+    assert "relax.matmul" not in _calls(packed)
+    gv, dot = next((gv, f) for gv, f in packed.functions.items()
+                   if CHANNEL_DOT_PREFIX in gv.name_hint)
+    padded = -(-features // lanes) * lanes
+    assert gv.name_hint.endswith(f"_o{padded}_h1_w6_n{features}")
+    assert [int(v) for v in dot.params[1].shape][::2] == [padded // lanes, lanes]
+    assert [int(v) for v in dot.params[2].shape] == [*lead, features]  # no reshape after it
+    assert "relax.reshape" not in _calls(packed) or lead != (1, 1, 6)
+    info = np.iinfo(np.dtype(dtype))
+    x = RNG.integers(info.min, info.max + 1, (*lead, 12)).astype(dtype)
+    np.testing.assert_array_equal(_run(packed, x), _run(before, x))
 
 
 @pytest.mark.parametrize("op", ["conv2d", "matmul"])

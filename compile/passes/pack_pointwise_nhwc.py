@@ -20,6 +20,10 @@ pixels of one image row,
         -> reshape(dot(reshape(x, [1, 1, rows, K]), Wp), [..., M, N])
 
 (no reshapes where ``x`` is already ``[1, 1, M, K]``, so the epilogue fuses into the kernel).
+Where no width of intrinsic divides N (ppocr_rec's 6625-class CTC head, ``x`` of shape
+``[1, ..., 1, M, K]``), W is padded with zero columns to the next multiple of the widest one, if
+that adds at most N / 8 columns: the kernel computes the padded product into a buffer of its own
+(whole tiles, never past its end) and returns the first N columns, ``[1, ..., 1, M, N]``.
 
 int8 data is stored as ``uint8(x + 128)`` (an elementwise step that fuses into the kernel
 producing ``x``) and ``-128 * sum_c W[o, c]`` is added to the result. The
@@ -55,8 +59,8 @@ pair, 84 µs after 64 trials.
 Run after ``ConvertLayout`` and ``FoldConstant`` (the weights must be constants in OHWI).
 Taken only on llvm x86 targets with AVX2 (16-bit data: AVX-512 VNNI), for convolutions with
 dilation 1 and one group, uint8, int8, int16 or uint16 data, C a multiple of 4 (16-bit: 2;
-K×K: any C), O a multiple of 8 (matmuls: K and N alike, two rows or more), static shapes and,
-on targets without VNNI, weights that cannot saturate ``vpmaddubsw``
+K×K: any C), O a multiple of 8 (matmuls: K alike, N padded as above, two rows or more),
+static shapes and, on targets without VNNI, weights that cannot saturate ``vpmaddubsw``
 (:func:`compile.intrinsics.saturation_free`); anything else is left as is.
 """
 
@@ -98,14 +102,16 @@ def _tag(lanes: int, reduce: int) -> str:
 
 
 def channel_dot_name(channels: int, out_channels: int, height: int, width: int,
-                     lanes: int = LANES, reduce: int = REDUCE) -> str:
+                     lanes: int = LANES, reduce: int = REDUCE, features: int | None = None) -> str:
     """Name of a dot-product PrimFunc.
 
     The prefix, then ``16`` for 16 lanes (8-bit data), or ``16x2`` / ``8x2`` for 16 / 8 lanes
-    of 2 reduction elements (16-bit data), then its shape.
+    of 2 reduction elements (16-bit data), then its shape, and ``_n<features>`` where it
+    returns fewer features than it computes.
     """
-    return (f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_c{channels}_o{out_channels}"
+    name = (f"{CHANNEL_DOT_PREFIX}{_tag(lanes, reduce)}_c{channels}_o{out_channels}"
             f"_h{height}_w{width}")
+    return name if features is None or features == out_channels else f"{name}_n{features}"
 
 
 def channel_conv_name(channels: int, out_channels: int, kernel: tuple[int, int],
@@ -186,10 +192,15 @@ def channel_conv_primfunc(n: int, height: int, width: int, channels: int, out_ch
 
 
 def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_channels: int,
-                         lanes: int = LANES, reduce: int = REDUCE):
+                         lanes: int = LANES, reduce: int = REDUCE,
+                         features: int | None = None, lead: tuple[int, ...] = ()):
     """``(x [n, H, W, C], wp: int8 [O/lanes, C/reduce, lanes, reduce]) -> int32 [n, H, W, O]``.
 
-    ``x`` is uint8, or int16 for ``reduce`` 2 (the 16-bit channel form).
+    ``x`` is uint8, or int16 for ``reduce`` 2 (the 16-bit channel form). With ``features``
+    (fewer than O: a matmul's output features padded to whole tiles, ``n`` and ``H`` 1), the
+    product is computed into a buffer of its own and the function returns its first
+    ``features`` columns as ``int32 [*lead, features]``, ``lead`` being ``[1, ..., 1, W]`` (the
+    matmul's leading dimensions: W rows).
     """
     x = te.placeholder(_i64(n, height, width, channels), REDUCE_DATA[reduce], "x")
     wp = te.placeholder(_i64(out_channels // lanes, channels // reduce, lanes, reduce),
@@ -201,7 +212,12 @@ def channel_dot_primfunc(n: int, height: int, width: int, channels: int, out_cha
             x[b, h, w, c].astype("int32")
             * wp[o // lanes, c // reduce, o % lanes, c % reduce].astype("int32"), axis=c),
         name=CHANNEL_DOT_PREFIX)
-    return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
+    if features is None or features == out_channels:
+        return te.create_prim_func([x, wp, acc]).without_attr("global_symbol")
+    zero = tvm.tirx.IntImm("int64", 0)
+    out = te.compute(_i64(*lead, features), lambda *i: acc[zero, zero, i[-2], i[-1]],
+                     name="features")
+    return te.create_prim_func([x, wp, out]).without_attr("global_symbol")
 
 
 def _offset(x: relax.Expr, dtype: str, value: int, wide: str, op=R.add) -> relax.Expr:
@@ -298,14 +314,23 @@ class _Rewriter(relax.PyExprMutator):
         if w.dtype != np.int8 or w.ndim != 2 or rows < 2:
             return None  # one row (mobilenet_v2's classifier): every tensorized candidate
             # of MetaSchedule's space failed to build or run (2026-11-23), so it stays
-        # Output features no lanes divide stay: padded to whole tiles (zero weights, the result
-        # sliced back in the kernel), ppocr_rec's 6625-class head ran in 85 us instead of 400,
-        # but its tuned kernel computed wrong results in the built model although its record
-        # passed the record check (2026-11-23, not understood yet).
-        intrinsic = self._intrinsic(str(data.ty.dtype), w.shape[1], w.shape[0])
+        dtype, (channels, features) = str(data.ty.dtype), w.shape
+        intrinsic = self._intrinsic(dtype, features, channels)
+        if intrinsic is not None:
+            return self._checked(intrinsic, np.ascontiguousarray(w.T))
+        # Output features no lanes divide (ppocr_rec's 6625-class CTC head): zero weights pad
+        # them to whole tiles where that adds at most an eighth; the kernel computes the padded
+        # product into a buffer of its own and returns the real features.
+        if any(int(v) != 1 for v in list(shape)[:-2]):
+            return None  # the kernel writes [1, M, N] itself: one matrix of rows only
+        bits = 16 if dtype.endswith("16") else 8
+        intrinsic = next((i for i in self.intrinsics.get(bits, [])
+                          if -features % INTRINSIC_LANES[i] <= features // 8
+                          and channels % INTRINSIC_REDUCE.get(i, REDUCE) == 0), None)
         if intrinsic is None:
             return None
-        return self._checked(intrinsic, np.ascontiguousarray(w.T))
+        extra = -features % INTRINSIC_LANES[intrinsic]
+        return self._checked(intrinsic, np.ascontiguousarray(np.pad(w, ((0, 0), (0, extra))).T))
 
     def find_shifted_inputs(self, func: relax.Function) -> None:
         """Note the int8 and uint16 variables that packed convolutions of ``func`` read."""
@@ -353,20 +378,25 @@ class _Rewriter(relax.PyExprMutator):
         lanes = INTRINSIC_LANES[intrinsic]
         reduce = INTRINSIC_REDUCE.get(intrinsic, REDUCE)
         out_channels = weights.shape[0]
-        key = (n, height, width, channels, out_channels, lanes, reduce)
+        features = int(call.args[1].ty.shape[-1]) if matmul else out_channels
+        key = (n, height, width, channels, out_channels, lanes, reduce, features,
+               tuple(lead) if features != out_channels else ())
         if key not in self._funcs:
             self._funcs[key] = self.builder_.add_func(
                 channel_dot_primfunc(*key),
-                channel_dot_name(channels, out_channels, height, width, lanes, reduce))
+                channel_dot_name(channels, out_channels, height, width, lanes, reduce,
+                                 features))
         data, shift = self._shift_input(data, weights)
         rows = [1, 1, width, channels]  # a matmul's input as one image row
         if matmul and [int(v) for v in data.ty.shape] != rows:
             data = self.builder_.emit(R.reshape(data, rows))
+        out_shape = ([n, height, width, out_channels] if features == out_channels
+                     else [*lead, features])  # padded: [1, ..., 1, M, features] (see plan)
         acc = relax.call_tir(self._funcs[key],
                              [data, relax.const(pack_weights(weights, lanes, reduce))],
-                             relax.TensorType([n, height, width, out_channels], "int32"))
-        acc = self._add_shift(acc, shift)
-        if not matmul or lead == rows[:3]:  # [1, 1, M, N]: the epilogue fuses into the kernel
+                             relax.TensorType(out_shape, "int32"))
+        acc = self._add_shift(acc, None if shift is None else shift[:features], len(out_shape))
+        if not matmul or [*lead, features] == out_shape:  # the epilogue fuses into the kernel
             return acc
         return R.reshape(self.builder_.emit(acc), [*lead, out_channels])
 
@@ -420,15 +450,16 @@ class _Rewriter(relax.PyExprMutator):
         data = shifted if shifted is not None else self.builder_.emit(_shifted(data))
         return data, shift.sum(axis=1)
 
-    def _add_shift(self, acc: relax.Expr, shift: np.ndarray | None) -> relax.Expr:
+    def _add_shift(self, acc: relax.Expr, shift: np.ndarray | None, rank: int = 4) -> relax.Expr:
         """``acc + shift`` per output channel (``acc`` where there is no shift).
 
-        The shift is wrapped to int32 as the kernel's sums wrap (uint16: up to 2**46).
+        The channels are the last of ``rank`` axes. The shift is wrapped to int32 as the
+        kernel's sums wrap (uint16: up to 2**46).
         """
         if shift is None:
             return acc
         shift = ((shift + 2**31) % 2**32 - 2**31).astype(np.int32)
-        return R.add(self.builder_.emit(acc), relax.const(shift.reshape(1, 1, 1, -1)))
+        return R.add(self.builder_.emit(acc), relax.const(shift.reshape([1] * (rank - 1) + [-1])))
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackPointwiseNHWC")
