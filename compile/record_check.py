@@ -6,8 +6,8 @@ database computes wrong values: on an AMD Zen 5, ppocr_det's best schedule for i
 ``ConvTranspose`` + sigmoid kernel did (the compile job's verification refused the artifact,
 cosine 0.17 against ONNX Runtime). So at the end of a tuning run, the record each workload would
 keep is built and run on random inputs next to the workload's PrimFunc as written (no schedule:
-plain loops), and a record whose buffers differ is rejected; the workload's next-fastest record
-is checked in its place.
+plain loops), and a record whose buffers differ, or that writes past the end (or start) of one,
+is rejected; the workload's next-fastest record is checked in its place.
 
 Only targets this machine runs are checked (llvm for this CPU's instruction sets).
 """
@@ -76,12 +76,49 @@ def _arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray] | None:
     return arrays
 
 
+#: Bytes of guard before and after each buffer of a checked kernel, filled with
+#: :data:`GUARD_VALUE` (a multiple of 64: the buffers keep TVM's alignment).
+GUARD_BYTES = 4096
+GUARD_VALUE = 0xA5
+
+
+class OutOfBoundsWrite(RuntimeError):
+    """A kernel wrote past the start or the end of one of its buffers."""
+
+
+def _guarded(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(allocation, the buffer in it): a copy of ``array`` with guard bytes either side.
+
+    The buffer starts 64-byte aligned (TVM kernels take buffers without a byte offset).
+    """
+    base = np.full(array.nbytes + 2 * GUARD_BYTES + 64, GUARD_VALUE, np.uint8)
+    start = GUARD_BYTES + (-base.ctypes.data) % 64
+    buffer = base[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    buffer[...] = array
+    return base[start - GUARD_BYTES:start + array.nbytes + GUARD_BYTES], buffer
+
+
 def _run(mod: tvm.IRModule, target: tvm.target.Target,
          arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Build ``mod`` and call it once on copies of ``arrays``; its buffers after the call.
+
+    Each buffer lies between guard bytes (:data:`GUARD_BYTES`), checked after the call: a
+    write past a buffer would go unseen in a buffer of its own, and corrupt its neighbour in a
+    model's memory (a tensorized tile stored whole at the end of a buffer that ends inside it).
+
+    Raises
+    ------
+    OutOfBoundsWrite
+        A guard byte changed.
+    """
     library = tvm.compile(mod, target=build_target(target))
-    tensors = [tvm.runtime.tensor(a) for a in arrays]
-    library["main"](*tensors)
-    return [t.numpy() for t in tensors]
+    guarded = [_guarded(a) for a in arrays]
+    library["main"](*(tvm.runtime.from_dlpack(buffer) for _, buffer in guarded))
+    for index, (raw, _) in enumerate(guarded):
+        if np.any(raw[:GUARD_BYTES] != GUARD_VALUE) or np.any(raw[-GUARD_BYTES:] != GUARD_VALUE):
+            raise OutOfBoundsWrite(f"the kernel wrote past buffer {index} "
+                                   f"({mod['main'].params[index].name})")
+    return [buffer.copy() for _, buffer in guarded]
 
 
 def relative_error(tuned: list[np.ndarray], untuned: list[np.ndarray]) -> float:

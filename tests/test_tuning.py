@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -719,6 +720,42 @@ def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_p
     # The job's estimate and provenance take the kept record's time (by workload hash).
     assert fastest_by_workload(tmp_path) == {
         f"{_tvm.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}": pytest.approx(1e-5)}
+
+
+def _copy(written: int):
+    """``b[i] = a[i]`` for i below ``written``, both buffers 16 floats: past b's end above 16."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def copy(a: T.Buffer((16,), "float32"), b: T.Buffer((16,), "float32")):
+        for i in range(written):
+            with T.sblock("copy"):
+                vi = T.axis.spatial(written, i)
+                b[vi] = a[vi % 16]
+
+    import tvm
+    return tvm.IRModule({"main": copy.with_attr("global_symbol", "main")})
+
+
+def test_a_kernel_writing_past_its_buffer_is_caught(tmp_path):
+    # A tensorized tile stored whole at the end of a buffer that ends inside it writes past the
+    # buffer: unseen in a buffer of its own, it corrupts the neighbour in a model's memory. The
+    # record check runs kernels on buffers with guard bytes either side.
+    from compile import _tvm
+    from compile.record_check import OutOfBoundsWrite, _run, _tuned_error, _untuned
+
+    target = _tvm.Target("llvm")
+    x = np.arange(16, dtype=np.float32)
+    a, b = _run(_copy(16), target, [x, np.zeros(16, np.float32)])
+    np.testing.assert_array_equal(b, x)
+    with pytest.raises(OutOfBoundsWrite, match="past buffer 1"):
+        _run(_copy(20), target, [x, np.zeros(16, np.float32)])
+    # In the check: a record whose kernel writes past a buffer fails like one that crashes.
+    database = _tvm.ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
+                                             str(tmp_path / RECORD_FILE), allow_missing=True)
+    workload = database.commit_workload(_copy(20))
+    record = _record(_tvm.Schedule(_copy(20)), workload, 1e-6)
+    assert _tuned_error(_copy(20), record, target, _untuned(_copy(16), target, 0)) == math.inf
 
 
 def _norm_rows():
