@@ -283,15 +283,17 @@ class _Rewriter(relax.PyExprMutator):
         return self._checked(intrinsic, np.pad(w, ((0, 0), (0, 0), (0, 0), (0, extra))))
 
     def _intrinsic(self, dtype: str, out_channels: int, channels: int,
-                   pad_channels: bool = False) -> str | None:
+                   pad_channels: bool = False, pad_features: bool = False) -> str | None:
         """The widest intrinsic for ``dtype`` data that fits the channels (None: none).
 
-        Its lanes must divide the output channels and (unless ``pad_channels``) its reduction
-        elements the input ones.
+        Its lanes must divide the output channels (with ``pad_features``: or pad them to whole
+        tiles with at most ``out_channels / 8`` more) and (unless ``pad_channels``) its
+        reduction elements the input ones.
         """
         bits = {"uint8": 8, "int8": 8, "int16": 16, "uint16": 16}.get(dtype)
         return next((i for i in self.intrinsics.get(bits, [])
-                     if out_channels % INTRINSIC_LANES[i] == 0
+                     if -out_channels % INTRINSIC_LANES[i]
+                     <= (out_channels // 8 if pad_features else 0)
                      and (pad_channels or channels % INTRINSIC_REDUCE.get(i, REDUCE) == 0)),
                     None)
 
@@ -323,10 +325,7 @@ class _Rewriter(relax.PyExprMutator):
         # product into a buffer of its own and returns the real features.
         if any(int(v) != 1 for v in list(shape)[:-2]):
             return None  # the kernel writes [1, M, N] itself: one matrix of rows only
-        bits = 16 if dtype.endswith("16") else 8
-        intrinsic = next((i for i in self.intrinsics.get(bits, [])
-                          if -features % INTRINSIC_LANES[i] <= features // 8
-                          and channels % INTRINSIC_REDUCE.get(i, REDUCE) == 0), None)
+        intrinsic = self._intrinsic(dtype, features, channels, pad_features=True)
         if intrinsic is None:
             return None
         extra = -features % INTRINSIC_LANES[intrinsic]
