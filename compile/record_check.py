@@ -48,7 +48,7 @@ class Rejected:
         Its workload index (line of ``database_workload.json``).
     relative_error : float
         ``‖tuned − untuned‖₂ / ‖untuned‖₂`` over the buffers that differ most (``inf``: the tuned
-        kernel failed to build or run).
+        kernel failed to build or run; NaN: not checked, see :func:`check_best_records`).
     """
 
     line: str
@@ -187,12 +187,14 @@ def check_record(workload: Any, record: Any, target: tvm.target.Target, seed: in
 
 
 def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
-                       tries: int = 3) -> list[Rejected]:
+                       max_failures: int = 32) -> list[Rejected]:
     """Check the records a :func:`compile.tuning_db.prune` to ``keep`` per workload would keep.
 
-    For each workload, its fastest records are checked in order (:func:`check_record`; the
-    kernel as written runs once per workload) until ``keep`` pass or ``tries`` have failed;
-    failed ones are returned, to be left out of the pruned database.
+    For each workload, its records are checked fastest first (:func:`check_record`; the
+    kernel as written runs once per workload) until ``keep`` pass; each that fails is
+    returned, to be left out of the pruned database, so that what pruning keeps has passed.
+    After ``max_failures`` failures of one workload its records not checked yet are returned
+    too (``relative_error`` NaN): the workload keeps only records that passed, or none.
 
     Parameters
     ----------
@@ -200,6 +202,14 @@ def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
         A database folder (plain JSON files).
     target : tvm.target.Target
         The tuning target; it must run on this machine.
+    keep : int
+        Records to keep per workload (``tuning.keep_per_workload``, at least 1).
+    max_failures : int
+        Failed records per workload after which the rest are rejected unchecked. A limit of
+        time, not of trust: MetaSchedule's search breeds from its fastest candidates, so one
+        wrong schedule can fill a workload's records with wrong variants (ppocr_det's
+        ConvTranspose on an Intel Xeon, 2026-11-24: 27 of 31 records wrong, the four
+        fastest among them).
     """
     workloads, by_workload = records_by_workload(folder)
     rejected = []
@@ -207,8 +217,15 @@ def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
         workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
         untuned, ran = None, False  # the kernel as written runs at the first record checked
         passed = failed = 0
-        for latency, _, line in entries:
-            if passed >= keep or failed >= tries or not math.isfinite(latency):
+        for position, (latency, _, line) in enumerate(entries):
+            if passed >= keep or not math.isfinite(latency):
+                break
+            if failed >= max_failures:
+                unchecked = [Rejected(rest, index, math.nan) for _, _, rest in entries[position:]]
+                rejected += unchecked
+                log.warning("tuning database %s: %d records of workload %d failed the check; its "
+                            "%d slower records are left out unchecked", folder, failed, index,
+                            len(unchecked))
                 break
             try:
                 record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)

@@ -18,7 +18,8 @@ def summary(result: TuneResult) -> str:
         f"estimate   {est:.3f} ms per run (sum of weight x best kernel time)" if est else
         "estimate   incomplete: some tasks have no measurement yet",
         f"database   {relative(result.database)} ({result.records_kept} records kept"
-        + (f", {result.records_rejected} rejected as wrong)" if result.records_rejected else ")"),
+        + (f", {result.records_rejected} left out by the record check)"
+           if result.records_rejected else ")"),
         "heaviest tasks:",
         f"  {'task':44} {'share':>6} {'best us':>10} {'GFLOP/s':>8} {'trials':>6}",
     ]

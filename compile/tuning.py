@@ -18,6 +18,7 @@ import csv
 import functools
 import io
 import logging
+import math
 import os
 import platform
 import shutil
@@ -781,10 +782,14 @@ def _finish(job: CompileJob, result: TuneResult, prepared: PreparedModel, folder
     rejected = _check_records(job, prepared, folder)
     result.records_rejected = len(rejected)
     if rejected:
+        wrong = [r for r in rejected if not math.isnan(r.relative_error)]
+        unchecked = len(rejected) - len(wrong)
         result.warnings.append(
-            f"{len(rejected)} tuned record(s) computed other values than their kernel as written "
-            f"(workloads {sorted({r.workload for r in rejected})}) and were left out: those "
-            "kernels keep their fastest correct record, or stay untuned")
+            f"{len(wrong)} tuned record(s) computed other values than their kernel as written "
+            f"(workloads {sorted({r.workload for r in rejected})}) and were left out"
+            + (f", with {unchecked} slower record(s) of workloads that failed too often, "
+               "unchecked" if unchecked else "")
+            + ": those kernels keep their fastest correct record, or stay untuned")
     current = frozenset(t.workload for t in result.tasks) if job.tuning.drop_stale else None
     if job.tuning.keep_per_workload > 0 or rejected or current is not None:
         before, result.records_kept = prune(folder, job.tuning.keep_per_workload,
