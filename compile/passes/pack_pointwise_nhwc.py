@@ -385,7 +385,7 @@ class _Rewriter(relax.PyExprMutator):
                 channel_dot_primfunc(*key),
                 channel_dot_name(channels, out_channels, height, width, lanes, reduce,
                                  features))
-        data, shift = self._shift_input(data, weights)
+        data, shift, _ = self._shift_input(data, weights)
         rows = [1, 1, width, channels]  # a matmul's input as one image row
         if matmul and [int(v) for v in data.ty.shape] != rows:
             data = self.builder_.emit(R.reshape(data, rows))
@@ -407,7 +407,6 @@ class _Rewriter(relax.PyExprMutator):
         -32768 for uint16 stored as int16), which fuses into the kernel producing the input.
         """
         data = call.args[0]
-        dtype = str(data.ty.dtype)
         n, height, width, channels = (int(v) for v in data.ty.shape)
         out_channels, taps_h, taps_w, padded = weights.shape
         lanes, reduce = INTRINSIC_LANES[intrinsic], INTRINSIC_REDUCE.get(intrinsic, REDUCE)
@@ -424,8 +423,7 @@ class _Rewriter(relax.PyExprMutator):
                 channel_conv_primfunc(*key[1:]),
                 channel_conv_name(channels, out_channels, (taps_h, taps_w), strides, out_h,
                                   out_w, lanes, reduce))
-        zero = _SHIFTS[dtype][1] if dtype in _SHIFTS else 0
-        data, shift = self._shift_input(data, weights)
+        data, shift, zero = self._shift_input(data, weights)
         if top or left or bottom or right or padded != channels:
             data = self.builder_.emit(R.nn.pad(
                 data, [0, 0, top, bottom, left, right, 0, padded - channels],
@@ -436,18 +434,20 @@ class _Rewriter(relax.PyExprMutator):
         return self._add_shift(acc, shift)
 
     def _shift_input(self, data: relax.Expr, weights: np.ndarray):
-        """(what the kernel reads, the int64 correction per output channel or None).
+        """(what the kernel reads, int64 correction per output channel or None, stored 0).
 
-        int8 and uint16 data are read shifted (:func:`_shifted`); the correction is
-        ``-offset * sum(W[o])`` over each output channel's weights.
+        int8 and uint16 data are read shifted (:func:`_shifted`): 0 is stored as the offset
+        (128, -32768), and the correction is ``-offset * sum(W[o])`` over each output
+        channel's weights. Other data is read as is, 0 stored as 0.
         """
         dtype = str(data.ty.dtype)
         if dtype not in _SHIFTS:
-            return data, None
-        shift = -_SHIFTS[dtype][1] * weights.reshape(weights.shape[0], -1).astype(np.int64)
+            return data, None, 0
+        offset = _SHIFTS[dtype][1]
+        shift = -offset * weights.reshape(weights.shape[0], -1).astype(np.int64)
         shifted = self._shifted.get(data)
         data = shifted if shifted is not None else self.builder_.emit(_shifted(data))
-        return data, shift.sum(axis=1)
+        return data, shift.sum(axis=1), offset
 
     def _add_shift(self, acc: relax.Expr, shift: np.ndarray | None, rank: int = 4) -> relax.Expr:
         """``acc + shift`` per output channel (``acc`` where there is no shift).
