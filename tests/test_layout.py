@@ -219,12 +219,13 @@ def _auto(tmp_path, *overrides):
     return resolved.target.layout, note
 
 
-def _database(folder, pipeline: str) -> str:
+def _database(folder, pipeline: str, mcpu: str | None = None) -> str:
     from compile.targets import host_cpu
     from compile.tuning_db import write_provenance
 
     folder.mkdir(parents=True)
-    write_provenance(folder, {"pipeline": pipeline, "target": {"kind": "llvm", "mcpu": host_cpu()}})
+    write_provenance(folder, {"pipeline": pipeline,
+                              "target": {"kind": "llvm", "mcpu": mcpu or host_cpu()}})
     return str(folder)
 
 
@@ -254,6 +255,35 @@ def test_auto_layout_takes_nchw_where_only_nchw_has_a_database(tmp_path):
     assert _auto(tmp_path, "quant=int8")[0] == Layout.NHWC
     assert _auto(tmp_path, "quant=int8", f"tuning.database={nchw}")[0] == Layout.NCHW
     assert _auto(tmp_path, "quant=int8", f"tuning.database={nhwc}")[0] == Layout.NHWC
+
+
+def test_auto_layout_for_float32_takes_the_database_that_uses_more_of_this_cpu(tmp_path):
+    """float32: NCHW, unless NHWC's database was tuned on a CPU with more of this one's
+    instruction sets (on a Xeon: mobilenet_v2's Zen 5 NHWC database, AVX-512, against the
+    Zen 3 NCHW one, AVX2; 3.89 against 7.93 ms). Ties stay NCHW."""
+    from compile.targets import host_cpu
+
+    base = tmp_path / "mobilenet_v2"
+    _database(base / "x86_64", "cpu-none", mcpu="x86-64")  # baseline x86-64: this CPU runs it
+    assert _auto(tmp_path)[0] == Layout.NCHW
+    _database(base / "x86_64-other" / "nhwc", "cpu-none-nhwc", mcpu="x86-64-v3")
+    layout, note = _auto(tmp_path)
+    assert layout == Layout.NHWC
+    assert "uses more of this CPU: x86-64-v3 against NCHW's x86-64" in note
+    assert "x86_64-other/nhwc" in note
+    _database(base / f"x86_64-{host_cpu()}", "cpu-none")  # tuned here: NCHW again
+    assert _auto(tmp_path) == (Layout.NCHW, "target.layout=auto: NCHW (as imported; tuning "
+                               f"database {base / f'x86_64-{host_cpu()}'})")
+    _database(base / f"x86_64-{host_cpu()}" / "nhwc", "cpu-none-nhwc")  # a tie
+    assert _auto(tmp_path)[0] == Layout.NCHW
+    assert _auto(tmp_path, "tuning.apply=false")[0] == Layout.NCHW
+
+
+def test_auto_layout_for_float32_takes_nhwc_where_only_nhwc_has_a_database(tmp_path):
+    _database(tmp_path / "mobilenet_v2" / "x86_64" / "nhwc", "cpu-none-nhwc")
+    layout, note = _auto(tmp_path)
+    assert layout == Layout.NHWC and "the only tuning database" in note
+    assert _auto(tmp_path, "target=cuda_sm80", "target.layout=auto")[0] == Layout.NCHW
 
 
 def test_nhwc_needs_a_cpu_target():
