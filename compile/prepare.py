@@ -260,9 +260,12 @@ def choose_layout(model: str, target: TargetConfig, quant: QuantScheme, paths: P
         One line for the log: ``target.layout=auto: NHWC (...)``.
     """
     int8 = quant == QuantScheme.int8 and target.kind == TargetKind.llvm
-    cpu = target.kind == TargetKind.llvm
-    order = [Layout.NHWC, Layout.NCHW] if int8 else [Layout.NCHW, Layout.NHWC] if cpu else [
-        Layout.NCHW]
+    if int8:
+        order = [Layout.NHWC, Layout.NCHW]
+    elif target.kind == TargetKind.llvm:
+        order = [Layout.NCHW, Layout.NHWC]
+    else:
+        order = [Layout.NCHW]
 
     def tuned(layout: Layout) -> Path | None:
         if not apply:

@@ -208,8 +208,8 @@ def check_best_records(folder: Path, target: tvm.target.Target, keep: int = 1,
         Failed records per workload after which the rest are rejected unchecked. A limit of
         time, not of trust: MetaSchedule's search breeds from its fastest candidates, so one
         wrong schedule can fill a workload's records with wrong variants (ppocr_det's
-        ConvTranspose on an Intel Xeon, 2026-11-24: 27 of 31 records wrong, the four
-        fastest among them).
+        ConvTranspose on an Intel Xeon, 2026-11-24: 27 of 31 records wrong, the 17 fastest
+        among them).
     """
     workloads, by_workload = records_by_workload(folder)
     rejected = []
