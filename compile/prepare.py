@@ -206,8 +206,7 @@ def database_folder(paths: PathsConfig, model: str, target: TargetConfig, quant:
         others = [folder for folder in others if folder != own]
     tuned_for = {}
     for folder in [plain, *others]:
-        mcpu = ((read_provenance(folder) or {}).get("target") or {}).get("mcpu")
-        if isinstance(mcpu, str):
+        if mcpu := _tuned_on(folder):
             tuned_for.setdefault(mcpu, folder)
     if target.mcpu != "host":
         return tuned_for.get(target.mcpu, plain)

@@ -725,7 +725,7 @@ def test_a_record_computing_wrong_values_is_rejected_and_the_next_one_kept(tmp_p
 def test_every_wrong_record_faster_than_a_right_one_is_left_out(tmp_path):
     # MetaSchedule breeds from its fastest candidates, so one wrong schedule can fill a
     # workload's fastest records with wrong variants (ppocr_det's ConvTranspose on an Intel
-    # Xeon: 27 of 31 wrong, the four fastest among them). A cap of three checks had left the
+    # Xeon: 27 of 31 wrong, the 17 fastest among them). A cap of three checks had left the
     # fourth fastest, wrong and unchecked, as the record pruning keeps.
     import json
 
