@@ -103,6 +103,9 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
 
     Parameters
     ----------
+    target_cfg : TargetConfig
+        Its ``layout`` is NCHW or NHWC: jobs resolve ``auto`` first (:func:`resolve_layout`,
+        which honours ``tuning.database`` and ``tuning.apply``).
     exclude : list of str, optional
         Extra ONNX node names to keep in float (besides ``quant.exclude``).
 
@@ -110,11 +113,13 @@ def prepare_model(model: ModelConfig, target_cfg: TargetConfig, quant: QuantConf
     ------
     PipelineError
         From the stages: config, fetch, unsupported model, calibration data, target.
+    ValueError
+        ``target_cfg.layout`` is auto.
     """
+    if target_cfg.layout == Layout.auto:
+        raise ValueError("target.layout=auto: resolve the job's layout first "
+                         "(compile.prepare.resolve_layout)")
     check_quant_target(quant, target_cfg)
-    if target_cfg.layout == Layout.auto:  # jobs resolve it first (resolve_layout), alike
-        layout, _ = choose_layout(str(model.name), target_cfg, quant.scheme, paths)
-        target_cfg = replace(target_cfg, layout=layout)
     target = resolve_target(target_cfg)
     metrics: dict[str, float] = {}
     start = time.perf_counter()

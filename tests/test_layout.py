@@ -240,6 +240,11 @@ def test_auto_layout_is_nhwc_for_int8_and_nchw_for_the_rest(tmp_path):
     assert _auto(tmp_path, "target=cuda_sm80", "target.layout=auto")[0] == Layout.NCHW
     with pytest.raises(ValueError, match="choose the layout first"):
         preparation_pipeline(compose("target=x86_64").target)
+    from compile.prepare import prepare_model
+
+    job = compose("target=x86_64")  # unresolved: refused before any fetch or import
+    with pytest.raises(ValueError, match="resolve the job's layout first"):
+        prepare_model(job.model, job.target, job.quant, job.paths)
 
 
 def test_auto_layout_takes_nchw_where_only_nchw_has_a_database(tmp_path):

@@ -399,10 +399,10 @@ def test_int16_activations_widen_the_8bit_model(tiny_dir, job_for, npz):
     which benchmarks give ONNX Runtime's and OpenVINO's int8 kernels."""
     import onnx
 
-    from compile.prepare import prepare_model
+    from compile.prepare import prepare_model, resolve_layout
 
-    job = job_for(tiny_dir / "conv_bn_relu.onnx",
-                  *int8_overrides(npz, "quant.activation_type=int16"))
+    job, _ = resolve_layout(job_for(tiny_dir / "conv_bn_relu.onnx",
+                                    *int8_overrides(npz, "quant.activation_type=int16")))
     quantized = prepare_model(job.model, job.target, job.quant, job.paths).quantized
     assert quantized.settings["activation_margin"] == 4.0
     assert quantized.int8_path != quantized.path
