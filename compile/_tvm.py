@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.ir.utils import derived_object  # Python subclasses of MetaSchedule's Py* classes
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map as onnx_convert_map
-from tvm.s_tir import Schedule, dlight
+from tvm.s_tir import SBlockRealize, Schedule, dlight
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.support import cc, nvcc

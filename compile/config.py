@@ -230,6 +230,10 @@ class TuningConfig:
     drop_stale: bool = False
     database: str | None = None  # null: tune_logs/<model>/<target>
     apply: bool = True  # the compile job applies a matching database
+    # llvm targets, more than one thread: measure only schedules whose threads split the
+    # output rows, as the kernel before wrote them (compile/row_parallel.py). null: as the
+    # database was tuned (false for databases from before this option), true for a new one.
+    parallel_rows: bool | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 1:

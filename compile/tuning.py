@@ -24,7 +24,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from .prepare import (
     resolve_layout,
 )
 from .record_check import check_best_records
+from .row_parallel import ROW_AXIS, RowParallel
 from .tracking import Tracker, host_cpu_name
 from .tuning_db import (
     PROVENANCE_SCHEMA,
@@ -257,7 +258,8 @@ def task_intrinsic(task_name: str, target) -> str | None:
     return dot_intrinsic(target) if DOT_PREFIX in task_name else None
 
 
-def search_space(intrinsic: str | None):
+def search_space(intrinsic: str | None, rows: RowParallel | None = None,
+                 defaults: list | None = None):
     """Return MetaSchedule's design space for the tasks packed for one dot intrinsic.
 
     TVM's default for the target where ``intrinsic`` is None; otherwise that plus
@@ -272,18 +274,29 @@ def search_space(intrinsic: str | None):
     intrinsic: auto-tensorizing multi-level tiling ahead of the plain one, and the tensorize
     post-processor.
 
+    With ``rows`` (``tuning.parallel_rows``), that post-processor is added last: only
+    candidates whose threads split the output rows are measured.
+
     Parameters
     ----------
     intrinsic : str or None
         A registered tensor intrinsic (:mod:`compile.intrinsics`).
+    rows : RowParallel, optional
+    defaults : list of Postproc, optional
+        The target's default post-processors (of TVM's default space), which ``rows`` extends
+        where ``intrinsic`` is None.
 
     Returns
     -------
     str or SpaceGenerator
-        ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply`` with the intrinsic.
+        ``"post-order-apply"`` (TVM's default) or a ``PostOrderApply``.
     """
     if intrinsic is None:
-        return "post-order-apply"
+        if rows is None:
+            return "post-order-apply"
+        return ms.space_generator.PostOrderApply(
+            sch_rules="from-target", mutator_probs="from-target",
+            postprocs=[*(defaults or []), rows])
     from . import intrinsics  # noqa: F401 (importing registers the intrinsics)
 
     rules = list(ms.ScheduleRule.create("llvm"))
@@ -294,12 +307,18 @@ def search_space(intrinsic: str | None):
     postprocs = list(ms.Postproc.create("llvm"))  # DefaultCPUTensorization: tensorize before
     layout = next(i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteLayout")
     postprocs.insert(layout, ms.postproc.RewriteTensorize(vectorize_init_loop=True))
+    if rows is not None:
+        postprocs.append(rows)
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
                                              mutator_probs="llvm")
 
 
-def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: TuningConfig):
+def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: TuningConfig,
+                   row_axis: int | None = None):
     """One TuneContext per task (in order), each with its intrinsic's search space.
+
+    ``row_axis``: only schedules whose threads split the output rows, on that axis
+    (:func:`search_space`, :class:`compile.row_parallel.RowParallel`).
 
     Returns
     -------
@@ -309,12 +328,18 @@ def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: Tuning
     groups: dict[str | None, list[int]] = {}
     for index, task in enumerate(tasks):
         groups.setdefault(task_intrinsic(task.task_name, target), []).append(index)
+    rows, defaults = None, None
+    if row_axis is not None and tasks:
+        rows = RowParallel(row_axis)
+        defaults = list(ms.TuneContext(  # TVM's default space for this target, on one task
+            mod=tasks[0].dispatched[0], target=target, space_generator="post-order-apply",
+            task_name="probe").space_generator.postprocs)
     contexts: list = [None] * len(tasks)
     weights: list = [None] * len(tasks)
     for intrinsic, members in groups.items():
         made, made_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in members], work_dir=work_dir, num_threads=threads,
-            space=search_space(intrinsic), seed=cfg.seed,
+            space=search_space(intrinsic, rows, defaults), seed=cfg.seed,
             strategy=ms.search_strategy.EvolutionarySearch(population_size=cfg.population))
         if len(made) != len(members):
             raise RuntimeError("MetaSchedule left out a task that is already scheduled")
@@ -479,6 +504,7 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
         # runs the target's code adds records timed there).
         "host": (old or {}).get("host", host),
         "seed": cfg.seed,
+        **({} if cfg.parallel_rows is None else {"parallel_rows": cfg.parallel_rows}),
         "trials_total": sum(e["trials"] for e in tasks.values()),
         "wall_s_total": round(sum(r.get("wall_s", 0.0) for r in runs), 1),
         "tasks": tasks,
@@ -576,6 +602,10 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
             raise TuningDatabaseError(f"{folder} holds a database for something else: {problem}; "
                                       f"point tuning.database at another folder{hint} or "
                                       "delete it")
+    if job.target.kind == TargetKind.llvm:
+        cfg = replace(cfg, parallel_rows=parallel_rows(cfg, old, folder))
+    row_axis = ROW_AXIS[job.target.layout.name] if cfg.parallel_rows and threads > 1 else None
+    rows = row_axis is not None
     warnings = repair(folder) if folder.is_dir() else []
     database = open_database(folder)
     tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)
@@ -590,9 +620,11 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _tvm.register_tensor_intrinsics(family)
         with _candidate_tmpdir(scratch / "tmp"):
             warmed = retime_records(database, tasks, warm_from, prepared.target,
-                                    *_measurers(job, threads))
+                                    *_measurers(job, threads),
+                                    keep=RowParallel(row_axis).accepts if rows else None)
     reused = (import_shared_records(database, tasks, folder, Path(job.paths.tune_logs_dir),
-                                    prepared.target_json) if cfg.reuse else {})
+                                    prepared.target_json, parallel_rows=cfg.parallel_rows)
+              if cfg.reuse else {})
     stats = _task_stats(tasks, old or {})
     for task in stats:
         if (task.name in reused or task.name in warmed) and task.best_us is None:
@@ -624,7 +656,8 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "runner_workers": cfg.runner_workers,
                                    "patience": cfg.patience, "min_weight": cfg.min_weight,
                                    "only_new": cfg.only_new,
-                                   "population": cfg.population, "reuse": cfg.reuse},
+                                   "population": cfg.population, "reuse": cfg.reuse,
+                                   "parallel_rows": rows},
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json,
                                                    "layout": job.target.layout.name},
@@ -642,7 +675,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _tvm.register_tensor_intrinsics(family)
         _reset_metaschedule_logging()
         contexts, weights = _tune_contexts([tasks[i] for i in chosen], prepared.target,
-                                           str(scratch), threads, cfg)
+                                           str(scratch), threads, cfg, row_axis)
         try:
             builder, runner = _measurers(job, threads)
             with _candidate_tmpdir(scratch / "tmp"):
@@ -676,6 +709,29 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    f"run failed to build or run; {outcome}")
     _finish(job, result, prepared, folder, tracker, save)
     return result
+
+
+def parallel_rows(cfg: TuningConfig, old: dict[str, Any] | None, folder: Path) -> bool:
+    """``tuning.parallel_rows`` for a run on the database in ``folder`` (llvm targets).
+
+    null takes the database's own setting (``parallel_rows`` in its provenance; false for
+    databases tuned before the option existed), and true for a new database. One database
+    holds records of one setting: the fastest record decides what the compile job builds.
+
+    Raises
+    ------
+    ConfigError
+        ``tuning.parallel_rows`` is set against the database's setting.
+    """
+    before = None if old is None else bool(old.get("parallel_rows", False))
+    if cfg.parallel_rows is None:
+        return True if before is None else before
+    if before is not None and cfg.parallel_rows != before:
+        raise ConfigError(
+            f"{folder} was tuned with tuning.parallel_rows={str(before).lower()}: leave "
+            "tuning.parallel_rows unset to go on with it, or tune into a new folder "
+            "(tuning.database=...)")
+    return cfg.parallel_rows
 
 
 def _other_cpu_database(job: CompileJob, prepared: PreparedModel) -> Path | None:

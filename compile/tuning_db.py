@@ -518,7 +518,8 @@ def records_to_take(database: Any, source: Any, tasks: list[Any],
 
 
 def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_logs: Path,
-                          target: dict, top_k: int = 1) -> dict[str, int]:
+                          target: dict, top_k: int = 1,
+                          parallel_rows: bool | None = None) -> dict[str, int]:
     """Copy the best records of workloads other models share, from their databases.
 
     Databases under ``tune_logs`` tuned for the same target dict and TVM version are searched
@@ -541,6 +542,9 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
         The job's exported target.
     top_k : int
         Records copied per shared workload.
+    parallel_rows : bool, optional
+        Only from databases tuned with this ``tuning.parallel_rows`` (absent from a
+        provenance: false); None: from any.
 
     Returns
     -------
@@ -557,6 +561,8 @@ def import_shared_records(database: Any, tasks: list[Any], folder: Path, tune_lo
         except json.JSONDecodeError:
             continue
         if provenance.get("target") != target or provenance.get("tvm_version") != _tvm.TVM_VERSION:
+            continue
+        if parallel_rows is not None and provenance.get("parallel_rows", False) != parallel_rows:
             continue
         try:
             source = open_database(other, read_only=True)

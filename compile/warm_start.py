@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ ms = _tvm.ms
 
 
 def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
-                   builder: Any, runner: Any, top_k: int = 4) -> dict[str, int]:
+                   builder: Any, runner: Any, top_k: int = 4,
+                   keep: Callable[[Any], bool] | None = None) -> dict[str, int]:
     """Time the best records of another CPU's database here and commit them to ``database``.
 
     Only workloads that have no record in ``database`` yet are taken (a database resumed on
@@ -48,6 +50,9 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
         The tuning job's own, so that the times compare with its candidates'.
     top_k : int
         Records taken per workload, fastest first (committed databases keep one).
+    keep : callable, optional
+        Takes a record's scheduled kernel (``tvm.tirx.PrimFunc``); records it rejects are left
+        out (``tuning.parallel_rows``: :func:`compile.row_parallel.rows_split`).
 
     Returns
     -------
@@ -57,7 +62,8 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
     todo = [(task, record, scheduled)  # (task, record, scheduled module)
             for task, records in records_to_take(database, open_database(source, read_only=True),
                                                   tasks, top_k)
-            for record, scheduled in records]
+            for record, scheduled in records
+            if keep is None or keep(scheduled["main"])]
     if not todo:
         return {}
     builds = builder.build([ms.builder.BuilderInput(mod, target) for _, _, mod in todo])

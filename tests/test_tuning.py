@@ -11,9 +11,12 @@ import numpy as np
 import onnx
 import pytest
 
+from compile import _tvm
+from compile.config import host_threads
 from compile.errors import ConfigError, TuningDatabaseError
 from compile.importer import graph_sha256
 from compile.job import run_compile
+from compile.row_parallel import rows_split
 from compile.targets import derived_mattr, host_cpu, host_runs
 from compile.tuning import run_tune
 from compile.tuning_db import (
@@ -23,6 +26,7 @@ from compile.tuning_db import (
     line_workload_key,
     prune,
     read_provenance,
+    records_by_workload,
     repair,
 )
 from runner.manifest import read_manifest
@@ -64,6 +68,18 @@ def test_smoke_tuning_writes_database_and_provenance(tuned):
     assert provenance["host"]["llvm_cpu"] and provenance["host"]["cores"] >= 1
     assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
     assert result.est_latency_ms and result.est_latency_ms > 0
+    # A new database: row-parallel schedules (tuning.parallel_rows), here NCHW's rows (axis 2)
+    # of the 16 x 16 convolution; each measured record splits them among the threads.
+    assert provenance["parallel_rows"] is True
+    if (job.target.num_cores or host_threads()) > 1:
+        workloads, by_workload = records_by_workload(folder)
+        for index, entries in by_workload.items():
+            workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
+            for _, _, line in entries:
+                record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
+                schedule = _tvm.Schedule(workload.mod)
+                record.trace.apply_to_schedule(schedule, remove_postproc=False)
+                assert rows_split(schedule.mod["main"], axis=2)
 
 
 def test_compile_applies_the_database(tuned):
@@ -470,7 +486,7 @@ def test_task_history_follows_the_kernel_not_its_name():
                                pipeline=SimpleNamespace(name="cpu"))
     stats.trials += 8
     written = _provenance(prepared, "m", old, [stats], {"started_at": "now"},
-                          SimpleNamespace(seed=0, drop_stale=False))
+                          SimpleNamespace(seed=0, drop_stale=False, parallel_rows=None))
     assert written["tasks"]["fused_add2"]["trials"] == 48
     assert "fused_add1" not in written["tasks"]  # the same kernel, now under its new name
     # Another kernel that another variant also names fused_add2 keeps its history.
@@ -481,10 +497,11 @@ def test_task_history_follows_the_kernel_not_its_name():
     assert (again.trials, again.best_us) == (7, 9.0)
     other_variant = {"tasks": {"fused_mul9": {"trials": 12, "workload": "ffff"}}}
     written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
-                          SimpleNamespace(seed=0, drop_stale=False))
+                          SimpleNamespace(seed=0, drop_stale=False, parallel_rows=None))
     assert written["tasks"]["fused_mul9"]["trials"] == 12 and written["trials_total"] == 60
     written = _provenance(prepared, "m", other_variant, [stats], {"started_at": "now"},
-                          SimpleNamespace(seed=0, drop_stale=True))  # tuning.drop_stale
+                          SimpleNamespace(seed=0, drop_stale=True,
+                                          parallel_rows=None))  # tuning.drop_stale
     assert list(written["tasks"]) == ["fused_add2"] and written["trials_total"] == 48
 
 
