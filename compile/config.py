@@ -232,7 +232,8 @@ class TuningConfig:
     apply: bool = True  # the compile job applies a matching database
     # llvm targets, more than one thread: measure only schedules whose threads split the
     # output rows, as the kernel before wrote them (compile/row_parallel.py). null: as the
-    # database was tuned (false for databases from before this option), true for a new one.
+    # database was tuned (false for databases from before this option); for a new one true
+    # for float models in NHWC, false otherwise (int8 and NCHW tuned so were slower, README).
     parallel_rows: bool | None = None
 
     def __post_init__(self) -> None:

@@ -164,6 +164,8 @@ def test_parallel_rows_follows_the_database_and_refuses_to_mix():
     folder = Path("tune_logs/m/x86_64")
     unset, on, off = (TuningConfig(parallel_rows=v) for v in (None, True, False))
     assert parallel_rows(unset, None, folder) is True  # a new database
+    assert parallel_rows(unset, None, folder, new=False) is False  # a new one for quant=int8
+    assert parallel_rows(on, None, folder, new=False) is True
     assert parallel_rows(unset, {"tasks": {}}, folder) is False  # tuned before the option
     assert parallel_rows(unset, {"parallel_rows": True}, folder) is True
     assert parallel_rows(off, None, folder) is False

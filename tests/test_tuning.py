@@ -68,18 +68,25 @@ def test_smoke_tuning_writes_database_and_provenance(tuned):
     assert provenance["host"]["llvm_cpu"] and provenance["host"]["cores"] >= 1
     assert all(t["best_us"] > 0 for t in provenance["tasks"].values())
     assert result.est_latency_ms and result.est_latency_ms > 0
-    # A new database: row-parallel schedules (tuning.parallel_rows), here NCHW's rows (axis 2)
-    # of the 16 x 16 convolution; each measured record splits them among the threads.
-    assert provenance["parallel_rows"] is True
-    if (job.target.num_cores or host_threads()) > 1:
-        workloads, by_workload = records_by_workload(folder)
-        for index, entries in by_workload.items():
-            workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
-            for _, _, line in entries:
-                record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
-                schedule = _tvm.Schedule(workload.mod)
-                record.trace.apply_to_schedule(schedule, remove_postproc=False)
-                assert rows_split(schedule.mod["main"], axis=2)
+    assert provenance["parallel_rows"] is False  # a new NCHW database: not row-parallel
+
+
+def test_new_nhwc_database_is_row_parallel(tiny_dir, tmp_path):
+    """tuning.parallel_rows unset: a new float NHWC database measures only row-splitting records."""
+    job = tune_job(tiny_dir / "conv_bn_relu.onnx", tmp_path, "target.layout=NHWC")
+    result = run_tune(job)
+    assert read_provenance(result.database)["parallel_rows"] is True
+    if (job.target.num_cores or host_threads()) < 2:
+        pytest.skip("one thread: the tuning job does not constrain the split")
+    workloads, by_workload = records_by_workload(result.database)
+    assert by_workload
+    for index, entries in by_workload.items():
+        workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
+        for _, _, line in entries:
+            record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
+            schedule = _tvm.Schedule(workload.mod)
+            record.trace.apply_to_schedule(schedule, remove_postproc=False)
+            assert rows_split(schedule.mod["main"], axis=1)
 
 
 def test_compile_applies_the_database(tuned):
