@@ -282,6 +282,7 @@ def search_space(intrinsic: str | None, rows: RowParallel | None = None,
     intrinsic : str or None
         A registered tensor intrinsic (:mod:`compile.intrinsics`).
     rows : RowParallel, optional
+        The post-processor to add (``tuning.parallel_rows``); None adds none.
     defaults : list of Postproc, optional
         The target's default post-processors (of TVM's default space), which ``rows`` extends
         where ``intrinsic`` is None.
