@@ -315,11 +315,10 @@ def search_space(intrinsic: str | None, rows: RowParallel | None = None,
 
 
 def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: TuningConfig,
-                   row_axis: int | None = None):
+                   rows: RowParallel | None = None):
     """One TuneContext per task (in order), each with its intrinsic's search space.
 
-    ``row_axis``: only schedules whose threads split the output rows, on that axis
-    (:func:`search_space`, :class:`compile.row_parallel.RowParallel`).
+    ``rows``: only schedules whose threads split the output rows (:func:`search_space`).
 
     Returns
     -------
@@ -329,9 +328,8 @@ def _tune_contexts(tasks: list, target, work_dir: str, threads: int, cfg: Tuning
     groups: dict[str | None, list[int]] = {}
     for index, task in enumerate(tasks):
         groups.setdefault(task_intrinsic(task.task_name, target), []).append(index)
-    rows, defaults = None, None
-    if row_axis is not None and tasks:
-        rows = RowParallel(row_axis)
+    defaults = None
+    if rows is not None and tasks:
         defaults = list(ms.TuneContext(  # TVM's default space for this target, on one task
             mod=tasks[0].dispatched[0], target=target, space_generator="post-order-apply",
             task_name="probe").space_generator.postprocs)
@@ -607,8 +605,8 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         cfg = replace(cfg, parallel_rows=parallel_rows(
             cfg, old, folder, new=job.quant.scheme != QuantScheme.int8
             and job.target.layout == Layout.NHWC))
-    row_axis = ROW_AXIS[job.target.layout.name] if cfg.parallel_rows and threads > 1 else None
-    rows = row_axis is not None
+    rows = (RowParallel(ROW_AXIS[job.target.layout.name]) if cfg.parallel_rows and threads > 1
+            else None)
     warnings = repair(folder) if folder.is_dir() else []
     database = open_database(folder)
     tasks = ms.relax_integration.extract_tasks(prepared.mod, prepared.target)
@@ -624,7 +622,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         with _candidate_tmpdir(scratch / "tmp"):
             warmed = retime_records(database, tasks, warm_from, prepared.target,
                                     *_measurers(job, threads),
-                                    keep=RowParallel(row_axis).accepts if rows else None)
+                                    keep=rows.accepts if rows else None)
     reused = (import_shared_records(database, tasks, folder, Path(job.paths.tune_logs_dir),
                                     prepared.target_json, parallel_rows=cfg.parallel_rows)
               if cfg.reuse else {})
@@ -660,7 +658,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "patience": cfg.patience, "min_weight": cfg.min_weight,
                                    "only_new": cfg.only_new,
                                    "population": cfg.population, "reuse": cfg.reuse,
-                                   "parallel_rows": rows},
+                                   "parallel_rows": rows is not None},
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json,
                                                    "layout": job.target.layout.name},
@@ -678,7 +676,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         _tvm.register_tensor_intrinsics(family)
         _reset_metaschedule_logging()
         contexts, weights = _tune_contexts([tasks[i] for i in chosen], prepared.target,
-                                           str(scratch), threads, cfg, row_axis)
+                                           str(scratch), threads, cfg, rows)
         try:
             builder, runner = _measurers(job, threads)
             with _candidate_tmpdir(scratch / "tmp"):

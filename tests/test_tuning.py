@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 
-from compile import _tvm
 from compile.config import host_threads
 from compile.errors import ConfigError, TuningDatabaseError
 from compile.importer import graph_sha256
@@ -24,10 +23,11 @@ from compile.tuning_db import (
     WORKLOAD_FILE,
     count_records,
     line_workload_key,
+    open_database,
     prune,
     read_provenance,
-    records_by_workload,
     repair,
+    replayed,
 )
 from runner.manifest import read_manifest
 
@@ -78,15 +78,11 @@ def test_new_nhwc_database_is_row_parallel(tiny_dir, tmp_path):
     assert read_provenance(result.database)["parallel_rows"] is True
     if (job.target.num_cores or host_threads()) < 2:
         pytest.skip("one thread: the tuning job does not constrain the split")
-    workloads, by_workload = records_by_workload(result.database)
-    assert by_workload
-    for index, entries in by_workload.items():
-        workload = _tvm.ms.database.Workload.from_json(json.loads(workloads[index]))
-        for _, _, line in entries:
-            record = _tvm.ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
-            schedule = _tvm.Schedule(workload.mod)
-            record.trace.apply_to_schedule(schedule, remove_postproc=False)
-            assert rows_split(schedule.mod["main"], axis=1)
+    records = open_database(result.database, read_only=True).get_all_tuning_records()
+    assert records
+    for record in records:
+        scheduled = replayed(record.trace, record.workload.mod)
+        assert scheduled is not None and rows_split(scheduled["main"], axis=1)
 
 
 def test_compile_applies_the_database(tuned):
