@@ -22,6 +22,7 @@ from .errors import UnsupportedModelError
 from .passes import (
     CapUnroll,
     ClipToMaxMin,
+    ConvTransposeToDepthToSpace,
     DecomposeQDQ,
     DumpIR,
     FoldConstantElementwise,
@@ -184,7 +185,9 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
 
     Every pipeline: elementwise operators of constants folded with numpy
     (``compile.passes.FoldConstantElementwise``: the importer's Clip bounds), after the
-    ``int8`` rewrites. ``int8``: quantized conv2d/matmul into integer compute (QDQ models;
+    ``int8`` rewrites; then transposed convolutions whose stride is their kernel size made 1x1
+    convolutions and depth-to-space (``compile.passes.ConvTransposeToDepthToSpace``).
+    ``int8``: quantized conv2d/matmul into integer compute (QDQ models;
     per-tensor dequantize first moved past the data movement before them,
     ``compile.passes.PropagateDequantize``; 1x1 convolutions packed for the AVX2 int8 intrinsic
     where the target has AVX2 and the weights cannot saturate it); ``fp16``: float16 compute
@@ -214,6 +217,7 @@ def graph_passes(quant: QuantScheme, layout: Layout = Layout.NCHW) -> list:
         *([PropagateDequantize(), LowerQDQToInteger(layout_convertible=nhwc)] if int8
           else [empty]),
         FoldConstantElementwise(),  # with numpy, where FoldConstant built a kernel for each
+        ConvTransposeToDepthToSpace(),
         *(before if nhwc or fp16 else []),
         relax.transform.DecomposeOpsForInference(),  # BatchNorm etc. into elementwise ops
         relax.transform.CanonicalizeBindings(),

@@ -36,6 +36,7 @@ def tiny_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny")
     models.save(models.conv_bn_relu(), folder, "conv_bn_relu")
     models.save(models.inverted_residual(), folder, "inverted_residual")
+    models.save(models.conv_transpose_head(), folder, "conv_transpose_head")
     models.save(models.matmul_gelu_layernorm(), folder, "matmul_gelu_layernorm")
     models.save(models.matmul_gelu_layernorm(batch="N"), folder, "dynamic_batch")
     models.save(models.if_model(), folder, "if_model")

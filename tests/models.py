@@ -91,6 +91,30 @@ def matmul_gelu_layernorm(batch: int | str = 1) -> onnx.ModelProto:
     return finish(graph, opset=20)
 
 
+def conv_transpose_head() -> onnx.ModelProto:
+    """Upsampling by transposed convolutions, x float32 [1, 8, 6, 6] -> y float32 [1, 2, 72, 72].
+
+    ConvTranspose kernel 2 stride 2 (4 ch, bias) -> Relu -> ConvTranspose kernel 3 stride 3
+    (2 ch, bias) -> Sigmoid -> ConvTranspose kernel 3 stride 2, pads 1, output_padding 1
+    (2 ch; overlapping windows) -> y. The first two are rewritten into 1x1 convolutions and
+    depth-to-space, the third is not (``compile.passes.ConvTransposeToDepthToSpace``).
+    """
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["t1"], strides=[2, 2]),
+        helper.make_node("Relu", ["t1"], ["r1"]),
+        helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["t2"], kernel_shape=[3, 3],
+                         strides=[3, 3]),
+        helper.make_node("Sigmoid", ["t2"], ["s2"]),
+        helper.make_node("ConvTranspose", ["s2", "w3"], ["y"], strides=[2, 2],
+                         pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    ]
+    inits = [_init("w1", (8, 4, 2, 2)), _init("b1", (4,)), _init("w2", (4, 2, 3, 3)),
+             _init("b2", (2,)), _init("w3", (2, 2, 3, 3))]
+    graph = helper.make_graph(nodes, "conv_transpose_head", [value("x", [1, 8, 6, 6])],
+                              [value("y", [1, 2, 72, 72])], inits)
+    return finish(graph)
+
+
 def if_model() -> onnx.ModelProto:
     """x float32 [1, 4]: y = relu(2x) if sum(x) > 0 else x - 1 (an If with two branches)."""
     two = numpy_helper.from_array(np.array(2.0, np.float32), "two")

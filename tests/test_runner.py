@@ -73,7 +73,8 @@ def test_manifest_contents(tiny_artifact):
     assert manifest["versions"]["tvm"].startswith("0.27")
     assert manifest["verification"]["status"] == "passed"
     assert manifest["tuning"]["database_sha256"] == "untuned"
-    assert manifest["pipeline"]["passes"][:2] == ["FoldConstantElementwise", "DecomposeOps"]
+    assert manifest["pipeline"]["passes"][:3] == ["FoldConstantElementwise",
+                                                  "ConvTransposeToDepthToSpace", "DecomposeOps"]
     assert "FuseTIR" in manifest["pipeline"]["passes"]
 
 

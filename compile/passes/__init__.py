@@ -2,6 +2,7 @@
 
 from .cap_unroll import CapUnroll
 from .clip_to_max_min import ClipToMaxMin
+from .conv_transpose_to_depth_to_space import ConvTransposeToDepthToSpace
 from .decompose_qdq import DecomposeQDQ
 from .dump_ir import DumpIR
 from .fold_constant_elementwise import FoldConstantElementwise
@@ -12,6 +13,7 @@ from .pack_pointwise_nhwc import PackPointwiseNHWC
 from .propagate_dequantize import PropagateDequantize
 from .scalar_constant_operands import ScalarConstantOperands
 
-__all__ = ["CapUnroll", "ClipToMaxMin", "DecomposeQDQ", "DumpIR", "FoldConstantElementwise",
-           "FoldConstantOperands", "FoldConstantTransposes", "LowerQDQToInteger",
-           "PackPointwiseNHWC", "PropagateDequantize", "ScalarConstantOperands"]
+__all__ = ["CapUnroll", "ClipToMaxMin", "ConvTransposeToDepthToSpace", "DecomposeQDQ",
+           "DumpIR", "FoldConstantElementwise", "FoldConstantOperands", "FoldConstantTransposes",
+           "LowerQDQToInteger", "PackPointwiseNHWC", "PropagateDequantize",
+           "ScalarConstantOperands"]
