@@ -508,6 +508,10 @@ def _provenance(prepared: PreparedModel, model: str, old: dict[str, Any] | None,
         "wall_s_total": round(sum(r.get("wall_s", 0.0) for r in runs), 1),
         "tasks": tasks,
         "runs": runs,
+        # Carry-overs to new pipeline fingerprints (written when a pass change keeps the
+        # kernels): history, kept by every later run.
+        **({"pipeline_migrations": old["pipeline_migrations"]}
+           if (old or {}).get("pipeline_migrations") else {}),
     }
 
 

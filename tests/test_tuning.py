@@ -28,6 +28,7 @@ from compile.tuning_db import (
     read_provenance,
     repair,
     replayed,
+    write_provenance,
 )
 from runner.manifest import read_manifest
 
@@ -97,12 +98,18 @@ def test_resume_adds_records(tuned, tmp_path):
     job, _ = tuned
     copy = tmp_path / "db"
     shutil.copytree(tuned[1].database, copy)
+    # A carry-over to a new pipeline fingerprint, as written by hand: history a run must keep
+    # (until 2026-11-25 every tuning run dropped it).
+    migration = {"from": "0123456789abcdef", "to": read_provenance(copy)["pipeline_fingerprint"],
+                 "date": "2026-11-25", "why": "test"}
+    write_provenance(copy, {**read_provenance(copy), "pipeline_migrations": [migration]})
     again = run_tune(compose(*_overrides(job), f"tuning.database={copy}", "tuning.trials=4",
                              "tuning.max_trials_per_task=2"))
     provenance = read_provenance(copy)
     assert count_records(copy) == 12
     assert provenance["trials_total"] == 12 and len(provenance["runs"]) == 2
     assert again.trials_total == 12
+    assert provenance["pipeline_migrations"] == [migration]
 
 
 def _copy_as_tuned_on(database, folder, mcpu: str) -> None:
