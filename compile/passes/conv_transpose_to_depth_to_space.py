@@ -31,13 +31,7 @@ from tvm import relax
 
 from .. import _tvm
 from ._mutate import rewrite_counted
-
-
-def _static_shape(ty) -> list[int] | None:
-    dims = getattr(getattr(ty, "shape", None), "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
+from ._shapes import static_shape
 
 
 def _ints(values) -> list[int]:
@@ -47,12 +41,12 @@ def _ints(values) -> list[int]:
 def _rewritable(call: relax.Call) -> tuple[int, int] | None:
     """The kernel size ``(kh, kw)`` of a transposed convolution this pass rewrites, else None."""
     attrs = call.attrs
-    weight = _static_shape(call.args[1].ty)
+    weight = static_shape(call.args[1].ty)
     if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "IOHW"
             or attrs.out_layout != "NCHW" or int(attrs.groups) != 1
-            or weight is None or _static_shape(call.args[0].ty) is None):
+            or weight is None or static_shape(call.args[0].ty) is None):
         return None
-    kernel = weight[2:]
+    kernel = list(weight[2:])
     if (_ints(attrs.strides) != kernel or any(_ints(attrs.padding))
             or any(_ints(attrs.output_padding)) or _ints(attrs.dilation) != [1, 1]):
         return None
@@ -70,7 +64,7 @@ def _pointwise_weight(weight: relax.Expr, kh: int, kw: int) -> relax.Expr:
         c, o = value.shape[:2]
         moved = np.ascontiguousarray(value.transpose(1, 2, 3, 0).reshape(o * kh * kw, c, 1, 1))
         return relax.const(moved, str(value.dtype))
-    c, o = _static_shape(weight.ty)[:2]
+    c, o = static_shape(weight.ty)[:2]
     return relax.op.reshape(relax.op.permute_dims(weight, [1, 2, 3, 0]), [o * kh * kw, c, 1, 1])
 
 
@@ -87,8 +81,8 @@ class _Rewriter(relax.PyExprMutator):
             return call
         kh, kw = kernel
         data, weight = call.args
-        n, _, h, w = _static_shape(data.ty)
-        o = _static_shape(weight.ty)[1]
+        n, _, h, w = static_shape(data.ty)
+        o = static_shape(weight.ty)[1]
         out_dtype = call.attrs.out_dtype or None
         y = self.builder_.emit(relax.op.nn.conv2d(
             data, _pointwise_weight(weight, kh, kw), out_dtype=out_dtype))

@@ -28,6 +28,7 @@ from tvm import relax
 
 from .. import _tvm
 from ._mutate import rewrite_functions
+from ._shapes import static_shape
 
 _OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 
@@ -43,13 +44,6 @@ def _identity(op: str, value, position: int, integer: bool) -> bool:
     if op == "add":
         return value == 0 and (integer or np.signbit(value))
     return False
-
-
-def _static_shape(ty) -> tuple[int, ...] | None:
-    dims = getattr(getattr(ty, "shape", None), "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
 
 
 def _uses(func: relax.Function) -> dict:
@@ -86,11 +80,11 @@ class _Rewriter(relax.PyExprMutator):
         name = self._name(call)
         if name is None:
             return call
-        out_shape, out_dtype = _static_shape(call.ty), str(getattr(call.ty, "dtype", ""))
+        out_shape, out_dtype = static_shape(call.ty), str(getattr(call.ty, "dtype", ""))
         lhs, rhs = call.args
         for position, const, other in ((1, rhs, lhs), (0, lhs, rhs)):
             if (not isinstance(const, _tvm.RelaxConstant) or out_shape is None
-                    or _static_shape(other.ty) != out_shape
+                    or static_shape(other.ty) != out_shape
                     or str(getattr(other.ty, "dtype", "")) != out_dtype):
                 continue
             value = const.value.numpy()
