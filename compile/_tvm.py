@@ -21,6 +21,7 @@ from tvm.target.codegen import llvm_get_cpu_features, llvm_get_system_cpu, llvm_
 from tvm.tirx import PrimFunc
 
 structural_hash = tvm_ffi.structural_hash
+structural_equal = tvm_ffi.structural_equal
 register_global_func = tvm_ffi.register_global_func
 get_global_func = tvm_ffi.get_global_func
 

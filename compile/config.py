@@ -224,6 +224,9 @@ class TuningConfig:
     # A new database for this CPU, next to one tuned on another CPU this one runs, starts
     # from that one's records timed here (compile/warm_start.py).
     warm_start: bool = True
+    # llvm targets: after the search, time register-tiled schedules of the depthwise
+    # convolutions next to their best records and keep the faster (compile/depthwise_tiles.py).
+    depthwise_tiles: bool = True
     # After the run, drop the records of kernels the model no longer has (after a pipeline
     # code change that kept the pass names). Off: the database also serves the model's
     # other variants of the same pipeline (another quant.exclude or input shape).

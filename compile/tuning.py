@@ -7,6 +7,8 @@ second run warm-starts from them and adds its budget, skipping tasks that conver
 and of its estimated time). With ``target.mcpu: host`` on a CPU that has no database of its own
 next to one tuned on another CPU it runs, the job tunes ``tune_logs/<model>/<target>-<cpu>/``,
 its kernels started from the other CPU's records timed here (:mod:`compile.warm_start`).
+After the search, depthwise convolutions get register-tiled variants of their best records,
+kept where faster (:mod:`compile.depthwise_tiles`).
 At the end the database is pruned to the best ``tuning.keep_per_workload`` records per workload
 (the committed form); the full database of the run is an MLflow artifact.
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 from . import _tvm
 from .config import CompileJob, Layout, QuantScheme, TargetKind, TuningConfig, host_threads
+from .depthwise_tiles import try_register_tiles
 from .errors import ConfigError, TuningDatabaseError
 from .ms_worker import build_candidate
 from .pipeline import unroll_cap
@@ -702,6 +705,13 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         finally:
             progress.close()
             save()
+    if cfg.depthwise_tiles and job.target.kind == TargetKind.llvm:
+        # Every task (converged ones too; a workload whose best record has the tiles is
+        # skipped), or with tuning.only_new the ones this run tuned.
+        _depthwise_tiles(job, prepared, database,
+                         [tasks[i] for i in chosen] if cfg.only_new else tasks, stats, threads,
+                         scratch, rows, run_info)
+        save()
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
                         sum(s.trials for s in stats), wall_s, progress.curve,
@@ -714,6 +724,31 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    f"run failed to build or run; {outcome}")
     _finish(job, result, prepared, folder, tracker, save)
     return result
+
+
+def _depthwise_tiles(job: CompileJob, prepared: PreparedModel, database: Any, tasks: list[Any],
+                     stats: list[TaskStats], threads: int, scratch: Path,
+                     rows: RowParallel | None, run_info: dict[str, Any]) -> None:
+    """Try register-tiled schedules on the depthwise tasks (llvm targets).
+
+    :func:`compile.depthwise_tiles.try_register_tiles` with the job's builder and runner; the
+    tasks' best times take the committed records', and the run's provenance lists what was
+    tried (``depthwise_tiles``).
+    """
+    with _candidate_tmpdir(scratch / "tmp"):
+        tried = try_register_tiles(database, tasks, prepared.target,
+                                   *_measurers(job, threads),
+                                   keep=rows.accepts if rows else None)
+    if not tried:
+        return
+    by_name = {s.name: s for s in stats}
+    for name, outcome in tried.items():
+        task = by_name.get(name)
+        if outcome["committed"] and task is not None:
+            task.best_us = min(task.best_us or math.inf, outcome["variant_us"])
+    run_info["depthwise_tiles"] = tried
+    log.info("register-tiled depthwise schedules: %d of %d kernels faster, committed",
+             sum(o["committed"] for o in tried.values()), len(tried))
 
 
 def parallel_rows(cfg: TuningConfig, old: dict[str, Any] | None, folder: Path,

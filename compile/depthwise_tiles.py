@@ -1,0 +1,268 @@
+"""Register-tiled schedules for NHWC depthwise convolutions, tried next to the tuning job's records.
+
+MetaSchedule tiles a depthwise convolution (TOPI's ``group_conv2d_nhwc`` block with one input
+channel per group) with its CPU rule ``SSRSRS`` and samples every tile size at random. On
+mobilenet_v2's 16-bit int8 model (AMD Zen 5, 2 threads) its evolutionary search had not reached,
+in 5836 trials, the tiles that keep the accumulators in registers across the taps, as oneDNN's
+depthwise kernels keep them: an output-width tile of 4-8 pixels and a 16-channel tile innermost
+(one AVX-512 register of int32 or float32), the whole kh×kw reduction just outside them. Those
+tiles, on the records' own traces, were 5-30 % faster on 16 of its 21 16-bit depthwise
+workloads (56×56×144: 52 against 60-63 µs; README, 2026-11-25).
+
+After the search, :func:`try_register_tiles` takes each depthwise task's best record, replays
+its trace with those tile decisions (output rows 1 or 2, unroll 16 or 64 steps: at most eight
+variants), builds and times the record and the variants side by side with the tuning job's own
+builder and runner, ``repeats`` times, and commits a variant whose median time is at least
+``min_gain`` below both the record's median and its database time. What is committed is a
+measured tuning record like any other: the tuning job's record check then runs its kernel
+against the kernel as written, and pruning keeps the fastest. A workload whose best record
+already has such tiles is left alone, so a resumed job does not time them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import _tvm
+
+log = logging.getLogger(__name__)
+ms = _tvm.ms
+
+#: TOPI's block of a grouped NHWC convolution (Relax legalizes depthwise NHWC ``conv2d`` to it).
+DEPTHWISE_BLOCK = "group_conv2d_nhwc"
+#: The unroll decision of MetaSchedule's ``ParallelizeVectorizeUnroll`` rule on CPUs
+#: (``meta_schedule.unroll_explicit`` steps): index 1 is 16 steps, 2 is 64.
+UNROLL_CHOICES = (0, 16, 64, 512)
+
+
+def depthwise_extents(mod: Any, trace: Any) -> list[int] | None:
+    """Loop extents of a kernel's depthwise convolution, where a trace tiles it as expected.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The workload (a fused kernel, unscheduled).
+    trace : tvm.s_tir.Trace
+        A tuning record's trace of it.
+
+    Returns
+    -------
+    list of int or None
+        ``[N, H, W, C, KH, KW, 1]`` (output batch, rows, columns, channels; kernel rows and
+        columns; input channels per group) when the kernel has a ``group_conv2d_nhwc`` block
+        with one input channel per group, and the trace's first seven ``SamplePerfectTile``
+        decisions tile exactly those loops and it has the unroll decision; None otherwise.
+    """
+    names = [str(inst.attrs[0]) for inst in trace.insts if inst.kind.name == "GetSBlock"]
+    if DEPTHWISE_BLOCK not in names:
+        return None
+    schedule = _tvm.Schedule(mod)
+    try:
+        block = schedule.get(schedule.get_sblock(DEPTHWISE_BLOCK))
+    except Exception:  # noqa: BLE001  (no such block in this kernel)
+        return None
+    extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    if len(extents) != 7 or extents[6] != 1:
+        return None
+    tiles = _tiles(trace)
+    if len(tiles) < 7 or _unroll(trace) is None:
+        return None
+    decided = [math.prod(int(v) for v in trace.decisions[inst]) for inst in tiles[:7]]
+    return extents if decided == extents else None
+
+
+def _tiles(trace: Any) -> list[Any]:
+    return [inst for inst in trace.insts if inst.kind.name == "SamplePerfectTile"]
+
+
+def _unroll(trace: Any) -> Any | None:
+    for inst in trace.insts:
+        if (inst.kind.name == "SampleCategorical"
+                and tuple(int(v) for v in inst.attrs[0]) == UNROLL_CHOICES):
+            return inst
+    return None
+
+
+def tile_variants(extents: list[int]) -> list[dict[int | str, list[int] | int]]:
+    """The register-tiled decisions to try for a depthwise convolution.
+
+    Parameters
+    ----------
+    extents : list of int
+        :func:`depthwise_extents`.
+
+    Returns
+    -------
+    list of dict
+        ``SamplePerfectTile`` index (1 rows, 2 columns, 3 channels, 4-5 kernel rows and
+        columns) -> its four (two for the reduction) tile sizes outermost first, and
+        ``"unroll"`` -> the unroll decision's index in :data:`UNROLL_CHOICES`. Columns: the
+        two largest divisors of W in [4, 8] (W where none); rows 1 or 2; channels 16 (8 where
+        C is no multiple of 16; none where C is no multiple of 8).
+    """
+    _, height, width, channels, kernel_h, kernel_w, _ = extents
+    lanes = 16 if channels % 16 == 0 else 8 if channels % 8 == 0 else None
+    if lanes is None:
+        return []
+    columns = [d for d in range(4, 9) if width % d == 0][-2:] or [width]
+    return [{1: [height // rows, 1, 1, rows], 2: [1, width // cols, 1, cols],
+             3: [1, channels // lanes, 1, lanes], 4: [1, kernel_h], 5: [1, kernel_w],
+             "unroll": unroll}
+            for cols in columns for rows in (1, 2) if height % rows == 0 for unroll in (1, 2)]
+
+
+def describe(spec: dict) -> str:
+    """A variant's innermost tiles: ``"rows 2 x columns 4 x channels 16, unroll 64"``."""
+    return (f"rows {spec[1][-1]} x columns {spec[2][-1]} x channels {spec[3][-1]}, "
+            f"unroll {UNROLL_CHOICES[spec['unroll']]}")
+
+
+def _decisions(trace: Any, spec: dict) -> bool:
+    """Whether a trace already has the decisions of ``spec``."""
+    tiles = _tiles(trace)
+    for key, value in spec.items():
+        inst = _unroll(trace) if key == "unroll" else tiles[key]
+        have = trace.decisions[inst]
+        have = int(have) if key == "unroll" else [int(v) for v in have]
+        if have != value:
+            return False
+    return True
+
+
+def variant_schedule(mod: Any, trace: Any, spec: dict, target: Any) -> Any | None:
+    """The kernel scheduled by ``trace`` with the decisions of ``spec``, as the search would.
+
+    The schedule must pass the target's postprocessors (MetaSchedule's ``post-order-apply``
+    space generator's, as for its own candidates) and replaying the resulting trace must give
+    the same kernel (tuning records are replayed so).
+
+    Returns
+    -------
+    tvm.s_tir.Schedule or None
+        None where the decisions do not apply or a postprocessor refuses them.
+    """
+    tiles = _tiles(trace)
+    for key, value in spec.items():
+        trace = trace.with_decision(_unroll(trace) if key == "unroll" else tiles[key], value,
+                                    remove_postproc=True)
+        tiles = _tiles(trace)
+    context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                             task_name="depthwise_tiles")
+    schedules = []
+    for source in (trace, None):  # applied, then its own trace replayed
+        schedule = _tvm.Schedule(mod)
+        try:
+            (source or schedules[0].trace).apply_to_schedule(schedule, remove_postproc=True)
+            schedule.enter_postproc()
+            if not all(p.apply(schedule) for p in context.space_generator.postprocs):
+                return None
+        except Exception:  # noqa: BLE001  (ScheduleError, TVMError: decisions that do not fit)
+            return None
+        schedules.append(schedule)
+    if not _tvm.structural_equal(schedules[0].mod, schedules[1].mod):
+        return None
+    return schedules[0]
+
+
+def _measure(mods: list[Any], target: Any, builder: Any, runner: Any) -> list[float]:
+    """Seconds per kernel (inf where it fails to build or run), timed by the tuning job's own."""
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    seconds = [math.inf] * len(mods)
+    todo = [(i, result.artifact_path) for i, result in enumerate(built)
+            if result.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(path, "cpu",
+                                                ms.arg_info.ArgInfo.from_entry_func(mods[i], True))
+                          for i, path in todo])
+    for (i, path), future in zip(todo, futures, strict=True):
+        result = future.result()
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+        if result.error_msg is None and result.run_secs:
+            seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
+    return seconds
+
+
+def try_register_tiles(database: Any, tasks: list[Any], target: Any, builder: Any, runner: Any,
+                       repeats: int = 3, min_gain: float = 0.05,
+                       keep: Callable[[Any], bool] | None = None) -> dict[str, dict[str, Any]]:
+    """Time register-tiled variants of the depthwise tasks' best records; commit the faster.
+
+    Parameters
+    ----------
+    database : ms.database.Database
+        The tuning job's database: read for each task's best record, committed to.
+    tasks : list of ExtractedTask
+        The tasks to try (those without a depthwise convolution are skipped).
+    target : tvm.target.Target
+        An llvm target: kernels are built for it and records committed with it.
+    builder : ms.builder.Builder
+    runner : ms.runner.Runner
+        The tuning job's own, so that the times compare with its candidates'.
+    repeats : int
+        Times the record and its variants are timed side by side; medians are compared.
+    min_gain : float
+        A variant is committed where its median is below ``(1 - min_gain)`` times both the
+        record's median and its database time.
+    keep : callable, optional
+        Takes a variant's scheduled kernel (``tvm.tirx.PrimFunc``); variants it rejects are
+        not tried (``tuning.parallel_rows``: :func:`compile.row_parallel.rows_split`).
+
+    Returns
+    -------
+    dict of str to dict
+        Task name -> ``{"record_us", "variant_us", "variant", "committed"}`` for each
+        depthwise task timed: the medians of its best record and fastest variant (µs), that
+        variant's tiles (:func:`describe`) and whether it was committed.
+    """
+    candidates = []  # (task, workload, record, schedules: record's then variants', specs)
+    for task in tasks:
+        mod = task.dispatched[0]
+        if not database.has_workload(mod):
+            continue
+        workload = database.commit_workload(mod)
+        best = database.get_top_k(workload, 1)
+        if not best or not best[0].run_secs:
+            continue
+        record = best[0]
+        extents = depthwise_extents(mod, record.trace)
+        if extents is None:
+            continue
+        specs = tile_variants(extents)
+        if not specs or any(_decisions(record.trace, spec) for spec in specs):
+            continue
+        base = _tvm.Schedule(mod)
+        record.trace.apply_to_schedule(base, remove_postproc=False)
+        schedules, tried = [base], [None]
+        for spec in specs:
+            schedule = variant_schedule(mod, record.trace, spec, target)
+            if schedule is not None and (keep is None or keep(schedule.mod["main"])):
+                schedules.append(schedule)
+                tried.append(spec)
+        if len(schedules) > 1:
+            candidates.append((task, workload, record, schedules, tried))
+    if not candidates:
+        return {}
+    mods = [schedule.mod for *_, schedules, _ in candidates for schedule in schedules]
+    runs = [_measure(mods, target, builder, runner) for _ in range(repeats)]
+    medians = iter([statistics.median(times) for times in zip(*runs, strict=True)])
+    found: dict[str, dict[str, Any]] = {}
+    for task, workload, record, schedules, tried in candidates:
+        times = [next(medians) for _ in schedules]
+        fastest = min(range(1, len(times)), key=times.__getitem__)
+        database_s = statistics.fmean(float(s) for s in record.run_secs)
+        committed = times[fastest] < (1 - min_gain) * min(times[0], database_s)
+        if committed:
+            database.commit_tuning_record(ms.database.TuningRecord(
+                schedules[fastest].trace, workload, [times[fastest]], target,
+                record.args_info))
+        found[task.task_name] = {
+            "record_us": round(times[0] * 1e6, 2), "variant_us": round(times[fastest] * 1e6, 2),
+            "variant": describe(tried[fastest]), "committed": committed}
+        log.info("%s: record %.1f us, register-tiled %.1f us%s", task.task_name,
+                 times[0] * 1e6, times[fastest] * 1e6, " (committed)" if committed else "")
+    return found
