@@ -1,22 +1,23 @@
-"""Register-tiled schedules for NHWC depthwise convolutions, tried next to the tuning job's records.
+"""Register-tiled schedules for depthwise convolutions, tried next to the tuning job's records.
 
-MetaSchedule tiles a depthwise convolution (TOPI's ``group_conv2d_nhwc`` block with one input
-channel per group) with its CPU rule ``SSRSRS`` and samples every tile size at random. On
-mobilenet_v2's 16-bit int8 model (AMD Zen 5, 2 threads) its evolutionary search had not reached,
-in 5836 trials, the tiles that keep the accumulators in registers across the taps, as oneDNN's
-depthwise kernels keep them: an output-width tile of 4-8 pixels and a 16-channel tile innermost
-(one AVX-512 register of int32 or float32), the whole kh×kw reduction just outside them. Those
-tiles, on the records' own traces, were 5-30 % faster on 16 of its 21 16-bit depthwise
-workloads (56×56×144: 52 against 60-63 µs; README, 2026-11-25).
+MetaSchedule tiles a depthwise convolution (TOPI's ``group_conv2d_nhwc`` or
+``group_conv2d_nchw`` block with one input channel per group) with its CPU rule ``SSRSRS``
+and samples every tile size at random. On mobilenet_v2's 16-bit int8 model (AMD Zen 5,
+2 threads) its evolutionary search had not reached, in 5836 trials, the tiles that keep the
+accumulators in registers across the taps, as oneDNN's depthwise kernels keep them: in NHWC an
+output-width tile of 4-8 pixels and a 16-channel tile innermost (one AVX-512 register of int32
+or float32), the whole kh×kw reduction just outside them. Those tiles, on the records' own
+traces, were 5-30 % faster on 16 of its 21 16-bit depthwise workloads (56×56×144: 52 against
+60-63 µs; README, 2026-11-25); in NCHW the vectors run along the output's columns instead.
 
 After the search, :func:`try_register_tiles` takes each depthwise task's best record, replays
-its trace with those tile decisions (output rows 1 or 2, unroll 16 or 64 steps: at most eight
-variants), builds and times the record and the variants side by side with the tuning job's own
-builder and runner, ``repeats`` times, and commits a variant whose median time is at least
-``min_gain`` below both the record's median and its database time. What is committed is a
-measured tuning record like any other: the tuning job's record check then runs its kernel
-against the kernel as written, and pruning keeps the fastest. A workload whose best record
-already has such tiles is left alone, so a resumed job does not time them again.
+its trace with those tile decisions (:func:`tile_variants`: at most eight variants), builds and
+times the record and the variants side by side with the tuning job's own builder and runner,
+``repeats`` times, and commits a variant whose median time is at least ``min_gain`` below both
+the record's median and its database time. What is committed is a measured tuning record like
+any other: the tuning job's record check then runs its kernel against the kernel as written,
+and pruning keeps the fastest. A workload whose best record already has such tiles is left
+alone, so a resumed job does not time them again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import shutil
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,40 @@ from . import _tvm
 log = logging.getLogger(__name__)
 ms = _tvm.ms
 
-#: TOPI's block of a grouped NHWC convolution (Relax legalizes depthwise NHWC ``conv2d`` to it).
-DEPTHWISE_BLOCK = "group_conv2d_nhwc"
+#: TOPI's blocks of grouped convolutions (Relax legalizes depthwise ``conv2d`` to them) ->
+#: the ``SamplePerfectTile`` index of each of their loops: output batch, channels, rows and
+#: columns; kernel rows and columns; input channels per group (one: depthwise). MetaSchedule
+#: tiles the block's loops in their order.
+DEPTHWISE_BLOCKS = {
+    "group_conv2d_nhwc": {"batch": 0, "rows": 1, "columns": 2, "channels": 3, "kernel_h": 4,
+                          "kernel_w": 5, "group": 6},
+    "group_conv2d_nchw": {"batch": 0, "channels": 1, "rows": 2, "columns": 3, "group": 4,
+                          "kernel_h": 5, "kernel_w": 6},
+}
 #: The unroll decision of MetaSchedule's ``ParallelizeVectorizeUnroll`` rule on CPUs
 #: (``meta_schedule.unroll_explicit`` steps): index 1 is 16 steps, 2 is 64.
 UNROLL_CHOICES = (0, 16, 64, 512)
 
 
-def depthwise_extents(mod: Any, trace: Any) -> list[int] | None:
-    """Loop extents of a kernel's depthwise convolution, where a trace tiles it as expected.
+@dataclass(frozen=True)
+class Depthwise:
+    """A kernel's depthwise convolution: its block, output shape and kernel size."""
+
+    block: str
+    channels: int
+    rows: int
+    columns: int
+    kernel_h: int
+    kernel_w: int
+
+    @property
+    def loops(self) -> dict[str, int]:
+        """Loop name -> ``SamplePerfectTile`` index (:data:`DEPTHWISE_BLOCKS`)."""
+        return DEPTHWISE_BLOCKS[self.block]
+
+
+def find_depthwise(mod: Any, trace: Any) -> Depthwise | None:
+    """A kernel's depthwise convolution, where a trace tiles it as MetaSchedule's CPU rules do.
 
     Parameters
     ----------
@@ -53,28 +80,32 @@ def depthwise_extents(mod: Any, trace: Any) -> list[int] | None:
 
     Returns
     -------
-    list of int or None
-        ``[N, H, W, C, KH, KW, 1]`` (output batch, rows, columns, channels; kernel rows and
-        columns; input channels per group) when the kernel has a ``group_conv2d_nhwc`` block
-        with one input channel per group, and the trace's first seven ``SamplePerfectTile``
-        decisions tile exactly those loops and it has the unroll decision; None otherwise.
+    Depthwise or None
+        Where the kernel has a block of :data:`DEPTHWISE_BLOCKS` with one input channel per
+        group, the trace's first seven ``SamplePerfectTile`` decisions tile exactly its loops
+        and the trace has the unroll decision; None otherwise.
     """
-    names = [str(inst.attrs[0]) for inst in trace.insts if inst.kind.name == "GetSBlock"]
-    if DEPTHWISE_BLOCK not in names:
+    names = {str(inst.attrs[0]) for inst in trace.insts if inst.kind.name == "GetSBlock"}
+    found = [name for name in DEPTHWISE_BLOCKS if name in names]
+    if len(found) != 1:
         return None
     schedule = _tvm.Schedule(mod)
     try:
-        block = schedule.get(schedule.get_sblock(DEPTHWISE_BLOCK))
+        block = schedule.get(schedule.get_sblock(found[0]))
     except Exception:  # noqa: BLE001  (no such block in this kernel)
         return None
     extents = [int(iv.dom.extent) for iv in block.iter_vars]
-    if len(extents) != 7 or extents[6] != 1:
+    loops = DEPTHWISE_BLOCKS[found[0]]
+    if len(extents) != 7 or extents[loops["group"]] != 1 or extents[loops["batch"]] != 1:
         return None
     tiles = _tiles(trace)
     if len(tiles) < 7 or _unroll(trace) is None:
         return None
     decided = [math.prod(int(v) for v in trace.decisions[inst]) for inst in tiles[:7]]
-    return extents if decided == extents else None
+    if decided != extents:
+        return None
+    return Depthwise(found[0], *(extents[loops[k]] for k in
+                                 ("channels", "rows", "columns", "kernel_h", "kernel_w")))
 
 
 def _tiles(trace: Any) -> list[Any]:
@@ -89,45 +120,56 @@ def _unroll(trace: Any) -> Any | None:
     return None
 
 
-def tile_variants(extents: list[int]) -> list[dict[int | str, list[int] | int]]:
-    """The register-tiled decisions to try for a depthwise convolution.
+def tile_variants(dw: Depthwise) -> list[dict[str, list[int] | int]]:
+    """The register-tiled decisions to try for a depthwise convolution (at most eight).
+
+    The innermost tile holds the accumulators (``rows x columns x channels`` values, one or
+    a few AVX-512 registers), the whole kernel window is the reduction tile just outside it,
+    the other channels and columns next, and the rows outermost (the threads split them).
+    NHWC vectorizes channels: 16 (8 where C is no multiple of 16; nothing tried where C is no
+    multiple of 8) × the two largest divisors of W in [4, 8] (W where none) columns. NCHW
+    vectorizes columns: one channel × the two largest divisors of W in [8, 32], multiples
+    of 8 first. Rows 1 or 2; unroll 16 or 64 steps.
 
     Parameters
     ----------
-    extents : list of int
-        :func:`depthwise_extents`.
+    dw : Depthwise
+        :func:`find_depthwise`.
 
     Returns
     -------
     list of dict
-        ``SamplePerfectTile`` index (1 rows, 2 columns, 3 channels, 4-5 kernel rows and
-        columns) -> its four (two for the reduction) tile sizes outermost first, and
-        ``"unroll"`` -> the unroll decision's index in :data:`UNROLL_CHOICES`. Columns: the
-        two largest divisors of W in [4, 8] (W where none); rows 1 or 2; channels 16 (8 where
-        C is no multiple of 16; none where C is no multiple of 8).
+        Loop name (``rows``, ``columns``, ``channels``, ``kernel_h``, ``kernel_w``) -> its
+        tile sizes outermost first (four; two for the kernel's), and ``"unroll"`` -> the
+        unroll decision's index in :data:`UNROLL_CHOICES`.
     """
-    _, height, width, channels, kernel_h, kernel_w, _ = extents
-    lanes = 16 if channels % 16 == 0 else 8 if channels % 8 == 0 else None
-    if lanes is None:
-        return []
-    columns = [d for d in range(4, 9) if width % d == 0][-2:] or [width]
-    return [{1: [height // rows, 1, 1, rows], 2: [1, width // cols, 1, cols],
-             3: [1, channels // lanes, 1, lanes], 4: [1, kernel_h], 5: [1, kernel_w],
-             "unroll": unroll}
-            for cols in columns for rows in (1, 2) if height % rows == 0 for unroll in (1, 2)]
+    if dw.block == "group_conv2d_nhwc":
+        lanes = 16 if dw.channels % 16 == 0 else 8 if dw.channels % 8 == 0 else None
+        if lanes is None:
+            return []
+        columns = [d for d in range(4, 9) if dw.columns % d == 0][-2:] or [dw.columns]
+    else:
+        lanes = 1
+        columns = sorted((d for d in range(8, 33) if dw.columns % d == 0),
+                         key=lambda d: (d % 8 == 0, d))[-2:]
+    return [{"rows": [dw.rows // rows, 1, 1, rows],
+             "columns": [1, dw.columns // cols, 1, cols],
+             "channels": [1, dw.channels // lanes, 1, lanes],
+             "kernel_h": [1, dw.kernel_h], "kernel_w": [1, dw.kernel_w], "unroll": unroll}
+            for cols in columns for rows in (1, 2) if dw.rows % rows == 0 for unroll in (1, 2)]
 
 
 def describe(spec: dict) -> str:
     """A variant's innermost tiles: ``"rows 2 x columns 4 x channels 16, unroll 64"``."""
-    return (f"rows {spec[1][-1]} x columns {spec[2][-1]} x channels {spec[3][-1]}, "
-            f"unroll {UNROLL_CHOICES[spec['unroll']]}")
+    return (f"rows {spec['rows'][-1]} x columns {spec['columns'][-1]} x channels "
+            f"{spec['channels'][-1]}, unroll {UNROLL_CHOICES[spec['unroll']]}")
 
 
-def _decisions(trace: Any, spec: dict) -> bool:
+def _decisions(trace: Any, dw: Depthwise, spec: dict) -> bool:
     """Whether a trace already has the decisions of ``spec``."""
     tiles = _tiles(trace)
     for key, value in spec.items():
-        inst = _unroll(trace) if key == "unroll" else tiles[key]
+        inst = _unroll(trace) if key == "unroll" else tiles[dw.loops[key]]
         have = trace.decisions[inst]
         have = int(have) if key == "unroll" else [int(v) for v in have]
         if have != value:
@@ -135,12 +177,25 @@ def _decisions(trace: Any, spec: dict) -> bool:
     return True
 
 
-def variant_schedule(mod: Any, trace: Any, spec: dict, target: Any) -> Any | None:
+def variant_schedule(mod: Any, trace: Any, dw: Depthwise, spec: dict,
+                     target: Any) -> Any | None:
     """The kernel scheduled by ``trace`` with the decisions of ``spec``, as the search would.
 
     The schedule must pass the target's postprocessors (MetaSchedule's ``post-order-apply``
     space generator's, as for its own candidates) and replaying the resulting trace must give
     the same kernel (tuning records are replayed so).
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The workload.
+    trace : tvm.s_tir.Trace
+        A record's trace of it.
+    dw : Depthwise
+        Its depthwise convolution (:func:`find_depthwise`).
+    spec : dict
+        One of :func:`tile_variants`.
+    target : tvm.target.Target
 
     Returns
     -------
@@ -149,8 +204,8 @@ def variant_schedule(mod: Any, trace: Any, spec: dict, target: Any) -> Any | Non
     """
     tiles = _tiles(trace)
     for key, value in spec.items():
-        trace = trace.with_decision(_unroll(trace) if key == "unroll" else tiles[key], value,
-                                    remove_postproc=True)
+        inst = _unroll(trace) if key == "unroll" else tiles[dw.loops[key]]
+        trace = trace.with_decision(inst, value, remove_postproc=True)
         tiles = _tiles(trace)
     context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
                              task_name="depthwise_tiles")
@@ -229,17 +284,17 @@ def try_register_tiles(database: Any, tasks: list[Any], target: Any, builder: An
         if not best or not best[0].run_secs:
             continue
         record = best[0]
-        extents = depthwise_extents(mod, record.trace)
-        if extents is None:
+        dw = find_depthwise(mod, record.trace)
+        if dw is None:
             continue
-        specs = tile_variants(extents)
-        if not specs or any(_decisions(record.trace, spec) for spec in specs):
+        specs = tile_variants(dw)
+        if not specs or any(_decisions(record.trace, dw, spec) for spec in specs):
             continue
         base = _tvm.Schedule(mod)
         record.trace.apply_to_schedule(base, remove_postproc=False)
         schedules, tried = [base], [None]
         for spec in specs:
-            schedule = variant_schedule(mod, record.trace, spec, target)
+            schedule = variant_schedule(mod, record.trace, dw, spec, target)
             if schedule is not None and (keep is None or keep(schedule.mod["main"])):
                 schedules.append(schedule)
                 tried.append(spec)

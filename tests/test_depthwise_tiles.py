@@ -11,7 +11,8 @@ from tvm import te, topi
 
 from compile import _tvm
 from compile.depthwise_tiles import (
-    depthwise_extents,
+    Depthwise,
+    find_depthwise,
     tile_variants,
     try_register_tiles,
     variant_schedule,
@@ -33,20 +34,26 @@ def depthwise_nhwc() -> tvm.IRModule:
     return tvm.IRModule({"main": te.create_prim_func([data, weight, out])})
 
 
+def depthwise_nchw() -> tvm.IRModule:
+    """float32 NCHW input (1, 32, 28, 32), OIHW weights (32, 1, 3, 3), stride 1, padding 1."""
+    data = te.placeholder((1, CHANNELS, HEIGHT, 32), "float32", name="data")
+    weight = te.placeholder((CHANNELS, 1, 3, 3), "float32", name="weight")
+    out = topi.nn.group_conv2d_nchw(data, weight, 1, 1, 1, CHANNELS)
+    return tvm.IRModule({"main": te.create_prim_func([data, weight, out])})
+
+
 @pytest.fixture(scope="module")
 def target():
     return build_target(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": 2}))
 
 
-@pytest.fixture(scope="module")
-def poor_trace(target):
-    """A trace of MetaSchedule's own design space, its channel tile 1 innermost (no vectors)."""
-    mod = depthwise_nhwc()
+def poor_trace(mod: tvm.IRModule, target, channel_index: int):
+    """A trace of MetaSchedule's own design space, its channel tile 1 innermost."""
     context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
                              task_name="dw")
     trace = context.generate_design_space()[0].trace
     tiles = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"]
-    trace = trace.with_decision(tiles[3], [1, 1, CHANNELS, 1], remove_postproc=True)
+    trace = trace.with_decision(tiles[channel_index], [1, 1, CHANNELS, 1], remove_postproc=True)
     schedule = _tvm.Schedule(mod)
     trace.apply_to_schedule(schedule, remove_postproc=True)
     schedule.enter_postproc()
@@ -54,43 +61,66 @@ def poor_trace(target):
     return schedule.trace
 
 
-def run_kernel(mod: tvm.IRModule, target, data: np.ndarray, weight: np.ndarray) -> np.ndarray:
+@pytest.fixture(scope="module")
+def nhwc_trace(target):
+    """NHWC with channels not innermost: scalar code."""
+    return poor_trace(depthwise_nhwc(), target, 3)
+
+
+def run_kernel(mod: tvm.IRModule, target, *arrays: np.ndarray) -> np.ndarray:
     lib = tvm.compile(mod, target=target)
     dev = tvm.cpu()
-    out = tvm.runtime.tensor(np.zeros((1, HEIGHT, WIDTH, CHANNELS), "int32"), dev)
-    lib["main"](tvm.runtime.tensor(data, dev), tvm.runtime.tensor(weight, dev), out)
+    shape = [int(v) for v in mod["main"].params[-1].ty.shape]
+    dtype = str(mod["main"].params[-1].ty.dtype)
+    out = tvm.runtime.tensor(np.zeros(shape, dtype), dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in arrays), out)
     return out.numpy()
 
 
-def test_extents_and_variants(poor_trace):
-    extents = depthwise_extents(depthwise_nhwc(), poor_trace)
-    assert extents == [1, HEIGHT, WIDTH, CHANNELS, 3, 3, 1]
-    variants = tile_variants(extents)
+def test_extents_and_variants(nhwc_trace, target):
+    dw = find_depthwise(depthwise_nhwc(), nhwc_trace)
+    assert dw == Depthwise("group_conv2d_nhwc", CHANNELS, HEIGHT, WIDTH, 3, 3)
+    variants = tile_variants(dw)
     assert len(variants) == 8  # columns 4 or 7, rows 1 or 2, unroll 16 or 64
     for spec in variants:
-        assert math.prod(spec[1]) == HEIGHT and math.prod(spec[2]) == WIDTH
-        assert spec[3] == [1, CHANNELS // 16, 1, 16] and spec[4] == spec[5] == [1, 3]
-    assert depthwise_extents(depthwise_nhwc(), tvm.s_tir.schedule.Trace([], {})) is None
+        assert math.prod(spec["rows"]) == HEIGHT and math.prod(spec["columns"]) == WIDTH
+        assert spec["channels"] == [1, CHANNELS // 16, 1, 16]
+        assert spec["kernel_h"] == spec["kernel_w"] == [1, 3]
+    assert find_depthwise(depthwise_nhwc(), tvm.s_tir.schedule.Trace([], {})) is None
+    nchw = find_depthwise(depthwise_nchw(), poor_trace(depthwise_nchw(), target, 1))
+    assert nchw == Depthwise("group_conv2d_nchw", CHANNELS, HEIGHT, 32, 3, 3)
+    # Vectors along the columns: 16 or 32 of them, one channel.
+    assert {(s["columns"][-1], s["channels"][-1]) for s in tile_variants(nchw)} == {(16, 1),
+                                                                                   (32, 1)}
 
 
-def test_a_variant_computes_what_the_kernel_as_written_computes(poor_trace, target):
-    mod = depthwise_nhwc()
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_every_variant_computes_what_the_kernel_as_written_computes(layout, target):
     rng = np.random.default_rng(0)
-    data = rng.integers(-32768, 32767, (1, HEIGHT, WIDTH, CHANNELS), dtype=np.int16)
-    weight = rng.integers(-128, 127, (3, 3, 1, CHANNELS), dtype=np.int8)
-    expected = run_kernel(mod, target, data, weight)
-    spec = tile_variants(depthwise_extents(mod, poor_trace))[-1]
-    schedule = variant_schedule(mod, poor_trace, spec, target)
-    assert schedule is not None
-    np.testing.assert_array_equal(run_kernel(schedule.mod, target, data, weight), expected)
+    if layout == "NHWC":
+        mod, channel_index = depthwise_nhwc(), 3
+        arrays = (rng.integers(-32768, 32767, (1, HEIGHT, WIDTH, CHANNELS), dtype=np.int16),
+                  rng.integers(-128, 127, (3, 3, 1, CHANNELS), dtype=np.int8))
+    else:
+        mod, channel_index = depthwise_nchw(), 1
+        arrays = (rng.standard_normal((1, CHANNELS, HEIGHT, 32), dtype=np.float32),
+                  rng.standard_normal((CHANNELS, 1, 3, 3), dtype=np.float32))
+    trace = poor_trace(mod, target, channel_index)
+    expected = run_kernel(mod, target, *arrays)
+    dw = find_depthwise(mod, trace)
+    schedules = [variant_schedule(mod, trace, dw, spec, target) for spec in tile_variants(dw)]
+    assert schedules and all(s is not None for s in schedules)
+    for schedule in schedules[::3]:  # rows 1 and 2, both unrolls, both column tiles
+        np.testing.assert_allclose(run_kernel(schedule.mod, target, *arrays), expected,
+                                   rtol=1e-5, atol=1e-5)
 
 
-def test_faster_variant_is_committed_once(poor_trace, target, tmp_path):
+def test_faster_variant_is_committed_once(nhwc_trace, target, tmp_path):
     mod = depthwise_nhwc()
     database = ms.database.JSONDatabase(work_dir=str(tmp_path))
     workload = database.commit_workload(mod)
     args = ms.arg_info.ArgInfo.from_entry_func(mod, True)
-    database.commit_tuning_record(ms.database.TuningRecord(poor_trace, workload, [1.0], target,
+    database.commit_tuning_record(ms.database.TuningRecord(nhwc_trace, workload, [1.0], target,
                                                            args))
 
     class Task:
