@@ -665,7 +665,8 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
                                    "patience": cfg.patience, "min_weight": cfg.min_weight,
                                    "only_new": cfg.only_new,
                                    "population": cfg.population, "reuse": cfg.reuse,
-                                   "parallel_rows": rows is not None},
+                                   "parallel_rows": rows is not None,
+                                   "depthwise_tiles": cfg.depthwise_tiles},
                         "model": model, "target": {"name": target_name,
                                                    "dict": prepared.target_json,
                                                    "layout": job.target.layout.name},
@@ -710,7 +711,7 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
         # skipped), or with tuning.only_new the ones this run tuned.
         _depthwise_tiles(job, prepared, database,
                          [tasks[i] for i in chosen] if cfg.only_new else tasks, stats, threads,
-                         scratch, rows, run_info)
+                         scratch, rows, run_info, tracker)
         save()
     wall_s = time.monotonic() - start
     result = TuneResult(model, target_name, folder, stats, progress.trials,
@@ -728,12 +729,14 @@ def run_tune(job: CompileJob, tracker: Tracker | None = None) -> TuneResult:
 
 def _depthwise_tiles(job: CompileJob, prepared: PreparedModel, database: Any, tasks: list[Any],
                      stats: list[TaskStats], threads: int, scratch: Path,
-                     rows: RowParallel | None, run_info: dict[str, Any]) -> None:
+                     rows: RowParallel | None, run_info: dict[str, Any],
+                     tracker: Tracker) -> None:
     """Try register-tiled schedules on the depthwise tasks (llvm targets).
 
     :func:`compile.depthwise_tiles.try_register_tiles` with the job's builder and runner; the
-    tasks' best times take the committed records', and the run's provenance lists what was
-    tried (``depthwise_tiles``).
+    tasks' best times take the committed records', the run's provenance lists what was tried
+    (``depthwise_tiles``) and the MLflow run counts it (``depthwise_tiles_tried``,
+    ``depthwise_tiles_committed``).
     """
     with _candidate_tmpdir(scratch / "tmp"):
         tried = try_register_tiles(database, tasks, prepared.target,
@@ -747,6 +750,8 @@ def _depthwise_tiles(job: CompileJob, prepared: PreparedModel, database: Any, ta
         if outcome["committed"] and task is not None:
             task.best_us = min(task.best_us or math.inf, outcome["variant_us"])
     run_info["depthwise_tiles"] = tried
+    tracker.log_metrics({"depthwise_tiles_tried": len(tried),
+                         "depthwise_tiles_committed": sum(o["committed"] for o in tried.values())})
     log.info("register-tiled depthwise schedules: %d of %d kernels faster, committed",
              sum(o["committed"] for o in tried.values()), len(tried))
 

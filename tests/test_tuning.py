@@ -22,6 +22,7 @@ from compile.tuning_db import (
     RECORD_FILE,
     WORKLOAD_FILE,
     count_records,
+    fastest_by_workload,
     line_workload_key,
     open_database,
     prune,
@@ -84,6 +85,25 @@ def test_new_nhwc_database_is_row_parallel(tiny_dir, tmp_path):
     for record in records:
         scheduled = replayed(record.trace, record.workload.mod)
         assert scheduled is not None and rows_split(scheduled["main"], axis=1)
+
+
+def test_tuning_tries_register_tiles_on_the_depthwise_kernel(tiny_dir, tmp_path):
+    """inverted_residual's depthwise convolution gets register-tiled variants of its record."""
+    result = run_tune(tune_job(tiny_dir / "inverted_residual.onnx", tmp_path, "tuning.trials=32"))
+    provenance = read_provenance(result.database)
+    tried = provenance["runs"][-1]["depthwise_tiles"]
+    assert len(tried) == 1  # its one depthwise convolution (NCHW: group_conv2d_nchw)
+    (name, outcome), = tried.items()
+    assert outcome["record_us"] > 0 and outcome["variant_us"] > 0
+    assert "columns" in outcome["variant"]
+    if outcome["committed"]:
+        best_us = fastest_by_workload(result.database)[provenance["tasks"][name]["workload"]] * 1e6
+        assert best_us == pytest.approx(outcome["variant_us"], rel=1e-2)
+        assert provenance["tasks"][name]["best_us"] == pytest.approx(best_us, rel=1e-2)
+    # Off: not tried.
+    off = run_tune(tune_job(tiny_dir / "inverted_residual.onnx", tmp_path / "off",
+                            "tuning.trials=32", "tuning.depthwise_tiles=false"))
+    assert "depthwise_tiles" not in read_provenance(off.database)["runs"][-1]
 
 
 def test_compile_applies_the_database(tuned):
