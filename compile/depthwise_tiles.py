@@ -11,7 +11,7 @@ traces, were 5-30 % faster on 16 of its 21 16-bit depthwise workloads (56×56×1
 60-63 µs; README, 2026-11-25); in NCHW the vectors run along the output's columns instead.
 
 After the search, :func:`try_register_tiles` takes each depthwise task's best record, replays
-its trace with those tile decisions (:func:`tile_variants`: at most eight variants), builds and
+its trace with those tile decisions (:func:`tile_variants`: at most twelve variants), builds and
 times the record and the variants side by side with the tuning job's own builder and runner,
 ``repeats`` times, and commits a variant whose median time is at least ``min_gain`` below both
 the record's median and its database time. What is committed is a measured tuning record like
@@ -121,15 +121,17 @@ def _unroll(trace: Any) -> Any | None:
 
 
 def tile_variants(dw: Depthwise) -> list[dict[str, list[int] | int]]:
-    """The register-tiled decisions to try for a depthwise convolution (at most eight).
+    """The register-tiled decisions to try for a depthwise convolution (at most twelve).
 
     The innermost tile holds the accumulators (``rows x columns x channels`` values, one or
     a few AVX-512 registers), the whole kernel window is the reduction tile just outside it,
     the other channels and columns next, and the rows outermost (the threads split them).
     NHWC vectorizes channels: 16 (8 where C is no multiple of 16; nothing tried where C is no
-    multiple of 8) × the two largest divisors of W in [4, 8] (W where none) columns. NCHW
-    vectorizes columns: one channel × the two largest divisors of W in [8, 32], multiples
-    of 8 first. Rows 1 or 2; unroll 16 or 64 steps.
+    multiple of 8) × the two largest divisors of W in [4, 8] (W where none) columns × 1 or 2
+    rows, unrolled 16 or 64 steps (eight variants). NCHW vectorizes columns: one channel ×
+    the two largest divisors of W in [8, 32], multiples of 8 first, × 1, 2 or 4 rows,
+    unrolled 64 or 512 steps (twelve; on ppocr_det's 2, 4 and 512 won more often than 1 and
+    16, 2026-11-25).
 
     Parameters
     ----------
@@ -148,15 +150,18 @@ def tile_variants(dw: Depthwise) -> list[dict[str, list[int] | int]]:
         if lanes is None:
             return []
         columns = [d for d in range(4, 9) if dw.columns % d == 0][-2:] or [dw.columns]
+        row_tiles, unrolls = (1, 2), (1, 2)
     else:
         lanes = 1
         columns = sorted((d for d in range(8, 33) if dw.columns % d == 0),
                          key=lambda d: (d % 8 == 0, d))[-2:]
+        row_tiles, unrolls = (1, 2, 4), (2, 3)
     return [{"rows": [dw.rows // rows, 1, 1, rows],
              "columns": [1, dw.columns // cols, 1, cols],
              "channels": [1, dw.channels // lanes, 1, lanes],
              "kernel_h": [1, dw.kernel_h], "kernel_w": [1, dw.kernel_w], "unroll": unroll}
-            for cols in columns for rows in (1, 2) if dw.rows % rows == 0 for unroll in (1, 2)]
+            for cols in columns for rows in row_tiles if dw.rows % rows == 0
+            for unroll in unrolls]
 
 
 def describe(spec: dict) -> str:
