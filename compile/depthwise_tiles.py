@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import _tvm
+from .measure import time_kernels
+from .tuning_db import replayed
 
 log = logging.getLogger(__name__)
 ms = _tvm.ms
@@ -230,23 +230,6 @@ def variant_schedule(mod: Any, trace: Any, dw: Depthwise, spec: dict,
     return schedules[0]
 
 
-def _measure(mods: list[Any], target: Any, builder: Any, runner: Any) -> list[float]:
-    """Seconds per kernel (inf where it fails to build or run), timed by the tuning job's own."""
-    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
-    seconds = [math.inf] * len(mods)
-    todo = [(i, result.artifact_path) for i, result in enumerate(built)
-            if result.error_msg is None]
-    futures = runner.run([ms.runner.RunnerInput(path, "cpu",
-                                                ms.arg_info.ArgInfo.from_entry_func(mods[i], True))
-                          for i, path in todo])
-    for (i, path), future in zip(todo, futures, strict=True):
-        result = future.result()
-        shutil.rmtree(Path(path).parent, ignore_errors=True)
-        if result.error_msg is None and result.run_secs:
-            seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
-    return seconds
-
-
 def try_register_tiles(database: Any, tasks: list[Any], target: Any, builder: Any, runner: Any,
                        repeats: int = 3, min_gain: float = 0.05,
                        keep: Callable[[Any], bool] | None = None) -> dict[str, dict[str, Any]]:
@@ -279,7 +262,7 @@ def try_register_tiles(database: Any, tasks: list[Any], target: Any, builder: An
         depthwise task timed: the medians of its best record and fastest variant (µs), that
         variant's tiles (:func:`describe`) and whether it was committed.
     """
-    candidates = []  # (task, workload, record, schedules: record's then variants', specs)
+    candidates = []  # (task, workload, record, its kernel, [(variant's schedule, spec)])
     for task in tasks:
         mod = task.dispatched[0]
         if not database.has_workload(mod):
@@ -295,34 +278,37 @@ def try_register_tiles(database: Any, tasks: list[Any], target: Any, builder: An
         specs = tile_variants(dw)
         if not specs or any(_decisions(record.trace, dw, spec) for spec in specs):
             continue
-        base = _tvm.Schedule(mod)
-        record.trace.apply_to_schedule(base, remove_postproc=False)
-        schedules, tried = [base], [None]
-        for spec in specs:
-            schedule = variant_schedule(mod, record.trace, dw, spec, target)
-            if schedule is not None and (keep is None or keep(schedule.mod["main"])):
-                schedules.append(schedule)
-                tried.append(spec)
-        if len(schedules) > 1:
-            candidates.append((task, workload, record, schedules, tried))
+        scheduled = replayed(record.trace, mod)
+        variants = [(schedule, spec) for spec in specs
+                    if (schedule := variant_schedule(mod, record.trace, dw, spec, target))
+                    is not None and (keep is None or keep(schedule.mod["main"]))]
+        if scheduled is not None and variants:
+            candidates.append((task, workload, record, scheduled, variants))
     if not candidates:
         return {}
-    mods = [schedule.mod for *_, schedules, _ in candidates for schedule in schedules]
-    runs = [_measure(mods, target, builder, runner) for _ in range(repeats)]
+    # Every kernel once per repeat, the record's first: side by side, in one batch each.
+    mods, args = [], []
+    for _, _, record, scheduled, variants in candidates:
+        mods += [scheduled, *(schedule.mod for schedule, _ in variants)]
+        args += [record.args_info] * (1 + len(variants))
+    runs = [[math.inf if secs is None else statistics.fmean(secs)
+             for secs in time_kernels(mods, args, target, builder, runner)]
+            for _ in range(repeats)]
     medians = iter([statistics.median(times) for times in zip(*runs, strict=True)])
     found: dict[str, dict[str, Any]] = {}
-    for task, workload, record, schedules, tried in candidates:
-        times = [next(medians) for _ in schedules]
-        fastest = min(range(1, len(times)), key=times.__getitem__)
+    for task, workload, record, _, variants in candidates:
+        record_s = next(medians)
+        times = [next(medians) for _ in variants]
+        fastest = min(range(len(times)), key=times.__getitem__)
+        (schedule, spec), variant_s = variants[fastest], times[fastest]
         database_s = statistics.fmean(float(s) for s in record.run_secs)
-        committed = times[fastest] < (1 - min_gain) * min(times[0], database_s)
+        committed = variant_s < (1 - min_gain) * min(record_s, database_s)
         if committed:
             database.commit_tuning_record(ms.database.TuningRecord(
-                schedules[fastest].trace, workload, [times[fastest]], target,
-                record.args_info))
+                schedule.trace, workload, [variant_s], target, record.args_info))
         found[task.task_name] = {
-            "record_us": round(times[0] * 1e6, 2), "variant_us": round(times[fastest] * 1e6, 2),
-            "variant": describe(tried[fastest]), "committed": committed}
+            "record_us": round(record_s * 1e6, 2), "variant_us": round(variant_s * 1e6, 2),
+            "variant": describe(spec), "committed": committed}
         log.info("%s: record %.1f us, register-tiled %.1f us%s", task.task_name,
-                 times[0] * 1e6, times[fastest] * 1e6, " (committed)" if committed else "")
+                 record_s * 1e6, variant_s * 1e6, " (committed)" if committed else "")
     return found

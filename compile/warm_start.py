@@ -14,12 +14,12 @@ population with each workload's best records in the database.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import _tvm
+from .measure import time_kernels
 from .tuning_db import open_database, records_to_take
 
 log = logging.getLogger(__name__)
@@ -66,22 +66,16 @@ def retime_records(database: Any, tasks: list[Any], source: Path, target: Any,
             if keep is None or keep(scheduled["main"])]
     if not todo:
         return {}
-    builds = builder.build([ms.builder.BuilderInput(mod, target) for _, _, mod in todo])
-    built = [(task, record, result.artifact_path) for (task, record, _), result
-             in zip(todo, builds, strict=True) if result.error_msg is None]
-    device = "cuda" if target.kind.name == "cuda" else "cpu"
-    futures = runner.run([ms.runner.RunnerInput(path, device, record.args_info)
-                          for _, record, path in built])
+    seconds = time_kernels([mod for _, _, mod in todo],
+                           [record.args_info for _, record, _ in todo], target, builder, runner)
     timed: dict[str, int] = {}
-    for (task, record, path), future in zip(built, futures, strict=True):
-        result = future.result()
-        shutil.rmtree(Path(path).parent, ignore_errors=True)
-        if result.error_msg is not None or not result.run_secs:
+    for (task, record, _), run_secs in zip(todo, seconds, strict=True):
+        if run_secs is None:
             continue
         workload = database.commit_workload(task.dispatched[0])
         database.commit_tuning_record(ms.database.TuningRecord(
-            record.trace, workload, result.run_secs, target, record.args_info))
+            record.trace, workload, run_secs, target, record.args_info))
         timed[task.task_name] = timed.get(task.task_name, 0) + 1
-    log.info("warm start: timed %d of %d records from %s here (%d build failures)",
-             sum(timed.values()), len(todo), source, len(todo) - len(built))
+    log.info("warm start: timed %d of %d records from %s here (the others failed to build "
+             "or run)", sum(timed.values()), len(todo), source)
     return timed
